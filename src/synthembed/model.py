@@ -1,0 +1,296 @@
+"""Load a base model and tokenizer as an embedding model, and encode text with it.
+
+    from synthembed.model import load_embedder
+    emb = load_embedder("mistralai/Mistral-7B-v0.1")                  # decoder-only: EOS appended, last-token pooling
+    q = emb.encode_queries(["how do rope bases work"], task="Given a question, retrieve passages that answer it")
+    d = emb.encode_documents(["RoPE rotates query and key vectors ..."])
+    scores = q @ d.T                                                   # cosine: rows are L2-normalized
+
+Decoder-only models (Mistral, Llama, Qwen, ...) get an EOS token appended to every input and are pooled at it (the
+paper's section 3.2). Recent tokenizers silently drop an EOS asked for through their template, so we append the id
+ourselves and check, batch by batch, that the pooled position really holds EOS. Encoders (BERT-like) keep their own
+special tokens and default to mean pooling. Positions come from the attention mask, so either padding side works.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import format_query
+from .errors import SynthembedError
+from .paths import resolve_model_path
+from .pooling import POOLING_MODES, check_pooling, last_token_index, pool
+
+SYNTHEMBED_CONFIG = "synthembed_config.json"
+# Sentence-transformers' names for its pooling modes -> ours.
+_ST_POOLING = {
+    "pooling_mode_lasttoken": "last",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_weightedmean_tokens": "weighted-mean",
+    "pooling_mode_cls_token": "cls",
+}
+
+
+def is_decoder_only(config) -> bool:
+    """True for causal-LM architectures that have no masked-LM form (Mistral, Llama, Qwen; not BERT, which has both)."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    kind = getattr(config, "model_type", None)
+    return kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def apply_config_overrides(config, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """Set attributes on a transformers config before the model is built; returns the settings as they took effect.
+
+    `rope_theta` goes into `config.rope_parameters` where the config has one (transformers 5), else onto the config.
+    """
+    effective: dict[str, Any] = {}
+    for key, value in (overrides or {}).items():
+        if key == "rope_theta" and isinstance(getattr(config, "rope_parameters", None), dict):
+            config.rope_parameters["rope_theta"] = float(value)
+            effective[key] = config.rope_parameters["rope_theta"]
+            continue
+        if not hasattr(config, key):
+            raise SynthembedError(f"config override {key!r}: {type(config).__name__} has no such setting")
+        setattr(config, key, value)
+        effective[key] = getattr(config, key)
+    return effective
+
+
+def rope_theta_of(config) -> float | None:
+    """The RoPE base a config will use, wherever this transformers version keeps it."""
+    params = getattr(config, "rope_parameters", None)
+    if isinstance(params, dict) and "rope_theta" in params:
+        return float(params["rope_theta"])
+    theta = getattr(config, "rope_theta", None)
+    return float(theta) if theta is not None else None
+
+
+@dataclass
+class _Source:
+    """Where the weights, the tokenizer and the defaults of a model directory or id come from."""
+
+    weights: str
+    tokenizer: str
+    adapter: str | None = None
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise SynthembedError(f"{path}: cannot read ({err})") from None
+
+
+def _inspect_source(name_or_path: str) -> _Source:
+    path = Path(name_or_path)
+    if not path.is_dir():
+        return _Source(weights=name_or_path, tokenizer=name_or_path)
+    defaults: dict[str, Any] = {}
+    if (path / SYNTHEMBED_CONFIG).is_file():
+        defaults.update(_read_json(path / SYNTHEMBED_CONFIG))
+    if (path / "modules.json").is_file():  # a sentence-transformers directory: read its pooling and max length
+        for module in _read_json(path / "modules.json"):
+            if module.get("type", "").endswith("Pooling"):
+                pooling_cfg = _read_json(path / module["path"] / "config.json")
+                modes = [ours for st_name, ours in _ST_POOLING.items() if pooling_cfg.get(st_name)]
+                if modes:
+                    defaults.setdefault("pooling", modes[0])
+        if (path / "sentence_bert_config.json").is_file():
+            max_len = _read_json(path / "sentence_bert_config.json").get("max_seq_length")
+            if max_len:
+                defaults.setdefault("max_len", int(max_len))
+    if (path / "adapter_config.json").is_file():
+        adapter_cfg = _read_json(path / "adapter_config.json")
+        base = defaults.get("base_model") or adapter_cfg.get("base_model_name_or_path")
+        if not base:
+            raise SynthembedError(f"{path}: a LoRA adapter that names no base model")
+        base = resolve_model_path(base)
+        tokenizer = str(path) if (path / "tokenizer_config.json").is_file() else base
+        return _Source(weights=base, tokenizer=tokenizer, adapter=str(path), defaults=defaults)
+    return _Source(weights=str(path), tokenizer=str(path), defaults=defaults)
+
+
+class Embedder:
+    """A transformers model + tokenizer + pooling: `embed` for training (with grad), `encode` for inference (numpy)."""
+
+    def __init__(self, model, tokenizer, pooling: str, max_len: int, append_eos: bool, name: str = ""):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.pooling = check_pooling(pooling)
+        self.max_len = int(max_len)
+        self.append_eos = append_eos
+        self.name = name
+        if append_eos and tokenizer.eos_token_id is None:
+            raise SynthembedError(f"{name}: the tokenizer has no EOS token, so last-token pooling has nothing to pool at")
+        if tokenizer.pad_token_id is None:
+            # Decoder tokenizers often have no pad token; padding is masked out, so any id works. EOS is the usual choice.
+            tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # --- tokenization -------------------------------------------------------------------------------------------------
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids per text, truncated to max_len, EOS appended for decoder-only models (no padding)."""
+        if isinstance(texts, str):
+            raise TypeError("texts must be a list of strings, not one string")
+        room = self.max_len - 1 if self.append_eos else self.max_len
+        ids = self.tokenizer(list(texts), truncation=True, max_length=room, add_special_tokens=True)["input_ids"]
+        if self.append_eos:
+            eos = self.tokenizer.eos_token_id
+            ids = [row if row and row[-1] == eos else row + [eos] for row in ids]
+        return ids
+
+    def pad(self, ids: list[list[int]]) -> dict[str, torch.Tensor]:
+        """Pad id lists into a batch on the model's device (the tokenizer's own padding side)."""
+        batch = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+        return {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        return self.pad(self.token_ids(texts))
+
+    def check_eos(self, batch: dict[str, torch.Tensor]) -> None:
+        """Fail loudly when last-token pooling would not pool at EOS (e.g. a tokenizer that dropped it)."""
+        if not (self.append_eos and self.pooling == "last"):
+            return
+        rows = torch.arange(batch["input_ids"].size(0), device=batch["input_ids"].device)
+        pooled = batch["input_ids"][rows, last_token_index(batch["attention_mask"])]  # (B,)
+        bad = (pooled != self.tokenizer.eos_token_id).nonzero().flatten().tolist()
+        if bad:
+            raise SynthembedError(
+                f"{self.name}: the pooled token is not EOS (id {self.tokenizer.eos_token_id}) in batch rows {bad[:5]}; "
+                "last-token pooling would read the wrong hidden state"
+            )
+
+    # --- embedding ----------------------------------------------------------------------------------------------------
+
+    def embed(self, batch: dict[str, torch.Tensor], normalize: bool = True) -> torch.Tensor:
+        """Pooled (and by default L2-normalized) embeddings of a tokenized batch, with grad when grad is enabled. -> (B, D)"""
+        self.check_eos(batch)
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (B, T, D)
+        reps = pool(hidden, batch["attention_mask"], self.pooling).float()  # (B, D)
+        return F.normalize(reps, dim=-1) if normalize else reps
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 32,
+        show_progress: bool = True,
+        desc: str = "encode",
+        normalize: bool = True,
+    ) -> np.ndarray:
+        """Embeddings (N, D) float32 in input order. Texts are sorted by token length so batches pad little."""
+        from tqdm.auto import tqdm
+
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        ids = self.token_ids(texts)
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        out = np.empty((len(ids), self.dimension), dtype=np.float32)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not show_progress, unit="batch"):
+                    chunk = order[start : start + batch_size]
+                    reps = self.embed(self.pad([ids[i] for i in chunk]), normalize=normalize)
+                    out[chunk] = reps.cpu().numpy()
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def encode_queries(self, queries: Sequence[str], task: str | None = None, **kwargs) -> np.ndarray:
+        """Queries carry the instruction (`Instruct: {task}\\nQuery: {query}`); without a task they stay plain."""
+        return self.encode([format_query(task, q) for q in queries], **kwargs)
+
+    def encode_documents(self, documents: Sequence[str], **kwargs) -> np.ndarray:
+        """Documents get no instruction (the paper's section 3.1)."""
+        return self.encode(list(documents), **kwargs)
+
+    @property
+    def dimension(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def settings(self) -> dict[str, Any]:
+        """What a saved model needs to be loaded the same way again (written as synthembed_config.json)."""
+        return {"pooling": self.pooling, "max_len": self.max_len, "append_eos": self.append_eos}
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_embedder(
+    name_or_path: str,
+    pooling: str | None = None,
+    max_len: int | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    config_overrides: dict[str, Any] | None = None,
+    attn_implementation: str | None = "sdpa",
+) -> Embedder:
+    """Load a model as an Embedder.
+
+    Args:
+        name_or_path: a hub id or directory: decoder-only or encoder, a sentence-transformers directory (pooling and
+            max length read from it), a peft LoRA adapter (its base is loaded, then the adapter), or one of our exports
+            (synthembed_config.json supplies pooling, max_len, base_model).
+        pooling: one of POOLING_MODES; default "last" for decoder-only, the saved setting, else "mean".
+        max_len: tokens per text including the appended EOS; default the saved setting, else 512 (the paper's).
+        device, dtype: default CUDA with bf16 when available, else CPU with float32.
+        config_overrides: settings applied to the config before the weights load, e.g. {"rope_theta": 1e5,
+            "sliding_window": 32768}; `emb.model.config` shows what took effect.
+    """
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    resolved = resolve_model_path(name_or_path)
+    source = _inspect_source(resolved)
+    device = torch.device(device) if device is not None else default_device()
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    elif isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    try:
+        config = AutoConfig.from_pretrained(source.weights)
+        tokenizer = AutoTokenizer.from_pretrained(source.tokenizer)
+    except OSError as err:
+        raise SynthembedError(f"cannot load model {name_or_path!r}: {str(err).splitlines()[0]}") from None
+    apply_config_overrides(config, config_overrides)
+    decoder = is_decoder_only(config)
+    pooling = pooling or source.defaults.get("pooling") or ("last" if decoder else "mean")
+    if pooling not in POOLING_MODES:
+        raise SynthembedError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLING_MODES)}")
+    max_len = int(max_len or source.defaults.get("max_len") or 512)
+    append_eos = bool(source.defaults.get("append_eos", decoder))
+    kwargs: dict[str, Any] = {"config": config, "dtype": dtype}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model = AutoModel.from_pretrained(source.weights, **kwargs)
+    except (ValueError, ImportError):
+        kwargs.pop("attn_implementation", None)  # an architecture without SDPA support: fall back to its default
+        model = AutoModel.from_pretrained(source.weights, **kwargs)
+    if source.adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, source.adapter)
+    model.to(device)
+    model.eval()
+    return Embedder(model, tokenizer, pooling=pooling, max_len=max_len, append_eos=append_eos, name=str(name_or_path))
