@@ -113,10 +113,10 @@ def run_study(
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
+    settings = load_profile(profile, params)
     chosen = _select(list_notebooks(notebooks), only)
     if not chosen:
         raise SynthembedError(f"no notebooks found in {notebooks or notebooks_dir()}")
-    settings = load_profile(profile, params)
     # A non-empty section for a notebook that does not exist is a typo that would otherwise pass silently.
     existing = {nb.stem for nb in list_notebooks(notebooks)}
     unknown_sections = sorted(s for s, values in settings.items() if s != "common" and s not in existing and values)
