@@ -1,0 +1,461 @@
+"""Turn raw LLM replies into task lists and examples, and judge each example against its group's rules.
+
+    from synthembed.parsing import parse_json_object, parse_task_list, validate_example
+    obj = parse_json_object('Sure!\\n```json\\n{"S1": "a", "S2": "b", "S3": "c",}\\n```')   # fenced, trailing comma
+    tasks = parse_task_list('["Given a claim, retrieve evidence.", "Classify a review."]')
+    verdict = validate_example("sts", obj, {"language": "English"})                      # Verdict(ok=..., reason=...)
+
+Nothing here evaluates model output as code (no eval, no ast.literal_eval): replies are parsed as JSON, after a small set of
+textual repairs that LLMs commonly need (trailing commas, curly quotes, single-quoted Python-style strings, unescaped inner
+quotes). A truncated reply stays an error: repairs never invent closing brackets. The paper drops outputs that are not valid
+JSON (section 3.1); every rejection carries a short machine-readable reason for rejects.jsonl and stats.json.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from dataclasses import dataclass
+from functools import cache
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, create_model
+
+from .languages import iso_code
+from .prompts import OUTPUT_FIELDS, PromptError
+
+REASONS = (
+    "empty", "invalid_json", "not_an_object", "not_a_list",  # parsing
+    "missing_field", "wrong_type", "empty_field", "identical_texts", "too_short", "too_long", "wrong_language",  # checks
+)  # fmt: skip
+
+
+class ParseError(ValueError):
+    """A reply that holds no usable JSON; `reason` is one of REASONS ("invalid_json", "not_a_list", "empty", ...)."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+# --- finding the JSON in a reply --------------------------------------------------------------------------------------
+
+_FENCE = re.compile(r"```[ \t]*([\w+-]*)[ \t]*\r?\n?(.*?)```", re.DOTALL)
+_OPEN_FENCE = re.compile(r"^\s*```[ \t]*[\w+-]*[ \t]*\r?\n?")
+_DOUBLE_QUOTES = {'"', "\u201c", "\u201d", "\u201e", "\u201f", "\u2033", "\uff02"}  # " “ ” „ ‟ ″ ＂
+_SINGLE_QUOTES = {"'", "\u2018", "\u2019", "\u201a", "\u201b"}  # ' ‘ ’ ‚ ‛
+_STRUCTURAL_AFTER_CLOSE = set(",:}]")
+
+
+def _candidates(text: str) -> list[str]:
+    """Where JSON may sit, most specific first: each fenced block, an unclosed opening fence's tail, the whole reply."""
+    found = [match.group(2) for match in _FENCE.finditer(text)]
+    if not found and _OPEN_FENCE.match(text):  # a reply cut off before its closing fence
+        found.append(_OPEN_FENCE.sub("", text, count=1))
+    found.append(text)
+    return [block.strip() for block in found if block.strip()]
+
+
+def _balanced_spans(text: str, opener: str, closer: str):
+    """Yield top-level `opener...closer` spans in order; stop at the first one left open (a truncated reply)."""
+    start = text.find(opener)
+    while start != -1:
+        depth, quote, index = 0, None, start
+        while index < len(text):
+            char = text[index]
+            if quote is not None:
+                if char == "\\":
+                    index += 1
+                elif char == quote:
+                    quote = None
+            elif char == '"':
+                quote = char
+            elif char == opener:
+                depth += 1
+            elif char == closer:
+                depth -= 1
+                if depth == 0:
+                    break
+            index += 1
+        if index >= len(text):
+            return  # never closed: whatever follows lies inside the cut-off structure
+        yield text[start : index + 1]
+        start = text.find(opener, index + 1)
+
+
+def _next_significant(text: str, index: int) -> str:
+    """The first non-space character at or after `index`, or "" at the end."""
+    while index < len(text) and text[index].isspace():
+        index += 1
+    return text[index] if index < len(text) else ""
+
+
+def repair_json(text: str) -> str:
+    """Rewrite common LLM slips into strict JSON: trailing commas, curly or single quotes as string delimiters, unescaped
+    inner double quotes. Brackets are never added, so a truncated reply stays invalid.
+
+    >>> print(repair_json("{\u201ca\u201d: 'it's', 'b': [1, 2,],}"))
+    {"a": "it's", "b": [1, 2]}
+    """
+    out: list[str] = []
+    quote_family: set[str] | None = None  # the delimiter family of the string we are inside, None outside strings
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if quote_family is None:
+            if char in _DOUBLE_QUOTES:
+                quote_family = _DOUBLE_QUOTES
+                out.append('"')
+            elif char in _SINGLE_QUOTES:
+                quote_family = _SINGLE_QUOTES
+                out.append('"')
+            elif char == "," and _next_significant(text, index + 1) in ("}", "]"):
+                pass  # a trailing comma: drop it
+            else:
+                out.append(char)
+        elif char == "\\" and index + 1 < len(text):
+            following = text[index + 1]
+            # \' is a Python escape JSON lacks; everything else passes through for json to judge
+            out.append("'" if following == "'" else char + following)
+            index += 1
+        elif char in quote_family and _next_significant(text, index + 1) in _STRUCTURAL_AFTER_CLOSE | {""}:
+            quote_family = None
+            out.append('"')
+        elif char == '"':
+            out.append('\\"')  # an inner quote the model forgot to escape
+        else:
+            out.append(char)
+        index += 1
+    return "".join(out)
+
+
+def _loads(text: str) -> Any:
+    """json.loads that allows raw newlines and tabs inside strings (models write them)."""
+    return json.loads(text, strict=False)
+
+
+def _parse_json_value(text: str, opener: str, closer: str) -> Any:
+    """The first JSON value opened by `opener` in the reply, trying plain text, then the spans, then repaired spans."""
+    candidates = _candidates(text)
+    for candidate in candidates:
+        try:
+            return _loads(candidate)
+        except json.JSONDecodeError:
+            pass
+    attempts = 0
+    for candidate in candidates:
+        # spans come from the reply as written, and only each span is repaired: an apostrophe in the prose around
+        # the JSON must not be taken for a string delimiter
+        for span in _balanced_spans(candidate, opener, closer):
+            for attempt in (span, repair_json(span)):
+                attempts += 1
+                try:
+                    return _loads(attempt)
+                except json.JSONDecodeError:
+                    continue
+    raise ParseError("invalid_json", f"no complete JSON {'object' if opener == '{' else 'list'} found"
+                     + (f" ({attempts} candidate spans failed)" if attempts else ""))  # fmt: skip
+
+
+def parse_json_object(text: str) -> dict[str, Any]:
+    """The JSON object in an LLM reply: plain, inside a code fence, inside prose, or after the usual repairs.
+
+    >>> parse_json_object('Here it is: {"input": "a", "positive_document": "b",}')
+    {'input': 'a', 'positive_document': 'b'}
+    """
+    if text is None or not str(text).strip():
+        raise ParseError("empty", "the reply is empty")
+    value = _parse_json_value(str(text), "{", "}")
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
+        value = value[0]  # some models wrap the one object in a list
+    if not isinstance(value, dict):
+        raise ParseError("not_an_object", f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+# --- task lists -------------------------------------------------------------------------------------------------------
+
+_ITEM_LINE = re.compile(r"^\s*(?:\(?\d{1,3}[.):]|[-*\u2022+])\s+(.+?)\s*$")
+_TASK_KEYS = ("task", "task_definition", "definition", "description", "instruction")
+
+
+def _clean_task(item: str) -> str:
+    item = " ".join(item.replace("**", "").split())
+    item = item.rstrip(",").strip()
+    if len(item) >= 2 and item[0] in _DOUBLE_QUOTES | _SINGLE_QUOTES and item[-1] in _DOUBLE_QUOTES | _SINGLE_QUOTES:
+        item = item[1:-1].strip()
+    return item
+
+
+def _tasks_from_value(value: Any) -> list[str]:
+    """Strings from a parsed JSON list (or an object holding one list); other shapes raise not_a_list."""
+    if isinstance(value, dict):
+        lists = [v for v in value.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise ParseError("not_a_list", f"expected a JSON list, got an object with keys {sorted(value)[:5]}")
+        value = lists[0]
+    if not isinstance(value, list):
+        raise ParseError("not_a_list", f"expected a JSON list of strings, got {type(value).__name__}")
+    tasks = []
+    for position, item in enumerate(value):
+        if isinstance(item, dict):  # [{"task": "..."}]: take the one obvious string
+            strings = [item[k] for k in _TASK_KEYS if isinstance(item.get(k), str)]
+            strings = strings or [v for v in item.values() if isinstance(v, str)]
+            item = strings[0] if len(strings) >= 1 else None
+        if not isinstance(item, str):
+            raise ParseError("not_a_list", f"item {position} is not a string")
+        tasks.append(item)
+    return tasks
+
+
+def _tasks_from_lines(text: str) -> list[str]:
+    """Numbered or bulleted lines; failing those, plain lines of sentence length (a list that lost its brackets)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    items = [match.group(1) for match in map(_ITEM_LINE.match, lines) if match]
+    if items:
+        return items
+    # plain lines count only when there are several sentence-long ones, so a chatty refusal is not taken for tasks
+    plain = [line for line in lines if not line.endswith(":") and not line.startswith("```") and len(line.split()) >= 5]
+    return plain if len(plain) >= 3 else []
+
+
+def parse_task_list(text: str) -> list[str]:
+    """The task definitions in a brainstorm reply: a JSON list (plain, fenced, in prose), a Python-style list of quoted
+    strings, or numbered/bulleted lines. Items are whitespace-normalised and deduplicated, in order.
+
+    >>> parse_task_list("```python\\n['Classify a review.', 'Given a claim, find evidence.',]\\n```")
+    ['Classify a review.', 'Given a claim, find evidence.']
+    """
+    if text is None or not str(text).strip():
+        raise ParseError("empty", "the reply is empty")
+    text = str(text)
+    looks_like_list = any(candidate.startswith(("[", "{")) for candidate in _candidates(text))
+    try:
+        tasks = _tasks_from_value(_parse_json_value(text, "[", "]"))
+    except ParseError:
+        if looks_like_list:
+            raise  # a bracketed reply that will not parse (often truncated): do not guess from its lines
+        tasks = _tasks_from_lines(text)
+        if not tasks:
+            raise ParseError("not_a_list", "no JSON list and no list-like lines in the reply") from None
+    cleaned = list(dict.fromkeys(task for task in map(_clean_task, tasks) if task))
+    if not cleaned:
+        raise ParseError("empty", "the list holds no task definitions")
+    return cleaned
+
+
+# --- language -----------------------------------------------------------------------------------------------------------
+
+MIN_LETTERS_FOR_LANGUAGE = 20  # below this the detector guesses; don't reject on a guess
+MIN_CONFIDENCE = 0.9  # reject only when the detector is this sure of another language
+# Languages the detector confuses with each other; one answering for another is not a wrong language.
+_CLOSE_LANGUAGES = ({"bs", "hr", "sr"}, {"id", "ms"}, {"no", "nn", "da"}, {"zh", "wuu", "yue"}, {"ar", "ary", "arz"},
+                    {"uz", "uzs"}, {"gl", "pt"}, {"ca", "oc"}, {"fa", "sdh"})  # fmt: skip
+
+
+@cache
+def _identifier():
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)  # the model ships inside the wheel
+
+
+def detect_language(text: str) -> tuple[str, float]:
+    """(py3langid code, probability) of the text's language.
+
+    >>> detect_language("Das Wetter ist heute wirklich schön.")[0]
+    'de'
+    """
+    code, probability = _identifier().classify(str(text))
+    return code, float(probability)
+
+
+def _letters(text: str) -> int:
+    return sum(1 for char in text if unicodedata.category(char).startswith("L"))
+
+
+def check_language(text: str, language: str) -> bool:
+    """False only when the detector is confident that `text` is in some other language than `language`.
+
+    True where it cannot judge: a language py3langid lacks (Sindhi, Sundanese, Yiddish), or a text too short to tell.
+
+    >>> check_language("Das Wetter ist heute wirklich schön.", "French")
+    False
+    """
+    expected = iso_code(language)
+    if expected is None or _letters(text) < MIN_LETTERS_FOR_LANGUAGE:
+        return True
+    detected, probability = detect_language(text)
+    if detected == expected or any({detected, expected} <= group for group in _CLOSE_LANGUAGES):
+        return True
+    return probability < MIN_CONFIDENCE
+
+
+# --- validation -------------------------------------------------------------------------------------------------------
+
+_Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+
+
+@cache
+def schema(task_type: str) -> type[BaseModel]:
+    """The pydantic model of one group's JSON: its OUTPUT_FIELDS as required non-empty strings; extra keys are ignored.
+
+    >>> sorted(schema("sts").model_fields)
+    ['S1', 'S2', 'S3']
+    """
+    if task_type not in OUTPUT_FIELDS:
+        raise PromptError(f"unknown task type {task_type!r}; expected one of {', '.join(OUTPUT_FIELDS)}")
+    config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)  # a label of 4 is as good as "4"
+    fields = {name: (_Text, ...) for name in OUTPUT_FIELDS[task_type]}
+    return create_model(f"{task_type.title().replace('-', '')}Example", __config__=config, **fields)
+
+
+@dataclass
+class Verdict:
+    """Whether an example is kept; `reason` is one of REASONS when not, `detail` says which field and why."""
+
+    ok: bool
+    reason: str | None = None
+    detail: str = ""
+
+
+_NO_SPACE_SCRIPTS = (
+    ("CJK", 1.5),
+    ("HIRAGANA", 1.5),
+    ("KATAKANA", 1.5),
+    ("THAI", 4.0),
+    ("LAO", 4.0),
+    ("KHMER", 4.0),
+    ("MYANMAR", 4.0),
+    ("TIBETAN", 4.0),
+)  # fmt: skip  (script, characters per word)
+
+
+def word_count(text: str) -> int:
+    """Words in `text`: whitespace tokens, with scripts written without spaces counted at a typical characters-per-word.
+
+    >>> word_count("one two three"), word_count("我们今天去公园散步")
+    (3, 6)
+    """
+    spaced = 0
+    unspaced = 0.0
+    for token in text.split():
+        chars = 0.0
+        for char in token:
+            if ord(char) > 0x2E7F:
+                name = unicodedata.name(char, "")
+                chars += next((1 / per for script, per in _NO_SPACE_SCRIPTS if name.startswith(script)), 0.0)
+        if chars:
+            unspaced += chars
+        else:
+            spaced += 1
+    return spaced + round(unspaced)
+
+
+LENGTH_TOLERANCE = 2.0  # a text passes within a factor 2 of a length the prompt asked for: models count words loosely
+LONG_LONG_MIN_WORDS = 300  # PAPER.md: long-long query and document are each at least 300 words
+
+
+def _word_range(phrase: str) -> tuple[int | None, int | None]:
+    """(min, max) words of a length placeholder: "less than 5 words" -> (None, 5), "5 to 15 words" -> (5, 15), "200" -> (200, None)."""
+    numbers = [int(n) for n in re.findall(r"\d+", phrase)]
+    if not numbers:
+        return None, None
+    if phrase.startswith("less than"):
+        return None, numbers[0]
+    if " to " in phrase and len(numbers) >= 2:
+        return numbers[0], numbers[1]
+    return numbers[0], None  # "at least N" and the bare short-long num_words, which the prompt asks for as a minimum
+
+
+def _length_rules(task_type: str, placeholders: dict[str, Any]) -> list[tuple[str, int | None, int | None]]:
+    """(field, min words, max words) that the paper or this prompt's placeholders impose."""
+    if task_type == "long-long":
+        return [("input", LONG_LONG_MIN_WORDS, None), ("positive_document", LONG_LONG_MIN_WORDS, None)]
+    rules = []
+    if task_type == "short-long":
+        if "query_length" in placeholders:
+            rules.append(("user_query", *_word_range(str(placeholders["query_length"]))))
+        if "num_words" in placeholders:
+            rules.append(("positive_document", *_word_range(str(placeholders["num_words"]))))
+    if task_type == "long-short" and "num_words" in placeholders:
+        rules.append(("input_text", *_word_range(str(placeholders["num_words"]))))
+    return rules
+
+
+# Fields whose language is checked, by which placeholder names their language; labels may be English class names.
+_LANGUAGE_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "short-long": (
+        ("user_query", "language"),
+        ("positive_document", "language"),
+        ("hard_negative_document", "language"),
+    ),
+    "long-short": (("input_text", "language"),),
+    "short-short": (("input", "language"), ("positive_document", "language")),
+    "long-long": (("input", "language"), ("positive_document", "language")),
+    "sts": (("S1", "language"), ("S2", "language"), ("S3", "language")),
+    "bitext": (("S1", "src_lang"), ("S2", "tgt_lang"), ("S3", "tgt_lang")),
+}
+# Pairs of fields that must differ (after case and whitespace are normalised).
+_DISTINCT_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "short-long": (("user_query", "positive_document"), ("positive_document", "hard_negative_document")),
+    "long-short": (("label", "misleading_label"),),
+    "short-short": (("input", "positive_document"),),
+    "long-long": (("input", "positive_document"),),
+    "sts": (("S1", "S2"), ("S1", "S3"), ("S2", "S3")),
+    "bitext": (("S1", "S2"), ("S1", "S3"), ("S2", "S3")),
+}
+_PYDANTIC_REASONS = {"missing": "missing_field", "string_too_short": "empty_field"}
+
+
+def _normalised(text: str) -> str:
+    return " ".join(text.casefold().split())
+
+
+def validate_example(task_type: str, obj: Any, placeholders: dict[str, Any] | None = None) -> Verdict:
+    """Check one parsed reply: the group's schema, distinct texts, the length rules, then the language of each text.
+
+    >>> validate_example("short-short", {"input": "cat", "positive_document": "cat"}, {"language": "English"}).reason
+    'identical_texts'
+    """
+    placeholders = placeholders or {}
+    if not isinstance(obj, dict):
+        return Verdict(False, "not_an_object", f"expected a JSON object, got {type(obj).__name__}")
+    try:
+        fields = schema(task_type).model_validate(obj).model_dump()
+    except ValidationError as err:
+        first = err.errors()[0]
+        name = ".".join(str(part) for part in first["loc"])
+        return Verdict(False, _PYDANTIC_REASONS.get(first["type"], "wrong_type"), f"{name}: {first['msg']}")
+    for left, right in _DISTINCT_FIELDS[task_type]:
+        if _normalised(fields[left]) == _normalised(fields[right]):
+            return Verdict(False, "identical_texts", f"{left} and {right} are the same text")
+    for name, low, high in _length_rules(task_type, placeholders):
+        words = word_count(fields[name])
+        if low is not None and words * LENGTH_TOLERANCE < low:
+            return Verdict(False, "too_short", f"{name} has {words} words; at least {low} were asked for")
+        if high is not None and words > high * LENGTH_TOLERANCE:
+            return Verdict(False, "too_long", f"{name} has {words} words; fewer than {high} were asked for")
+    for name, language_key in _LANGUAGE_FIELDS[task_type]:
+        language = placeholders.get(language_key)
+        if language and not check_language(fields[name], str(language)):
+            detected, probability = detect_language(fields[name])
+            return Verdict(
+                False, "wrong_language", f"{name} should be {language}, reads as {detected} (p={probability:.2f})"
+            )
+    return Verdict(True)
+
+
+def to_example_fields(task_type: str, obj: dict[str, Any], placeholders: dict[str, Any] | None = None):
+    """(query, positive, negative) from a group's JSON; negative is None for short-short and long-long.
+
+    >>> to_example_fields("long-short", {"input_text": "Great film!", "label": "positive", "misleading_label": "negative"})
+    ('Great film!', 'positive', 'negative')
+    """
+    names = OUTPUT_FIELDS.get(task_type)
+    if names is None:
+        raise PromptError(f"unknown task type {task_type!r}; expected one of {', '.join(OUTPUT_FIELDS)}")
+    values = [str(obj[name]).strip() for name in names]
+    return values[0], values[1], values[2] if len(values) > 2 else None
