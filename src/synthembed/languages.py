@@ -113,13 +113,18 @@ def parse_languages(spec: str | Sequence[str] | None) -> tuple[str, ...]:
     return names
 
 
+_WEIGHTS = language_weights()  # computed once: sampling runs per example
+_ALL_WEIGHTS = [_WEIGHTS[name] for name in LANGUAGES]
+
+
 def _subset(languages: Sequence[str] | None) -> tuple[list[str], list[float]]:
     """Names and weights over `languages` (all 93 when None); renormalising is left to random.choices."""
-    weights = language_weights()
-    names = list(LANGUAGES) if languages is None else [canonical_language(name) for name in languages]
+    if languages is None:
+        return list(LANGUAGES), _ALL_WEIGHTS
+    names = [name if name in _WEIGHTS else canonical_language(name) for name in languages]
     if not names:
         raise SynthembedError("cannot sample a language from an empty list")
-    return names, [weights[name] for name in names]
+    return names, [_WEIGHTS[name] for name in names]
 
 
 def sample_language(rng: random.Random, languages: Sequence[str] | None = None) -> str:
