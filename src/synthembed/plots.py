@@ -29,6 +29,79 @@ def new_figure(width: float = 7.0, height: float = 4.0):
 
 # --- generation (notebooks 01, 02) -------------------------------------------------------------------------------
 
+# The paper's Figure 2 shares, for drawing beside a run's: task groups (thousands of examples) and languages.
+PAPER_TASK_TYPE_COUNTS = {"short-long": 167, "long-short": 122, "sts": 99, "bitext": 89, "long-long": 17, "short-short": 13}
+
+
+def plot_language_weights(weights: dict[str, float], top: int = 20, path=None):
+    """The sampling weight of the `top` most likely languages and of all the others together (PAPER.md, Figure 2)."""
+    items = sorted(weights.items(), key=lambda kv: -kv[1])
+    shown, rest = items[:top], items[top:]
+    labels = [k for k, _ in shown] + ([f"{len(rest)} others"] if rest else [])
+    values = [v for _, v in shown] + ([sum(v for _, v in rest)] if rest else [])
+    fig, ax = new_figure(8, 3.8)
+    ax.bar(range(len(values)), [100 * v for v in values], color="tab:blue")
+    ax.set_xticks(range(len(values)), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("sampling weight (%)")
+    ax.set_title("Language sampling weights (the paper's shares)")
+    return save(fig, path)
+
+
+def plot_task_type_distribution(stats: dict, path=None):
+    """Accepted examples per task group beside the paper's shares (Figure 2, left)."""
+    groups = list(stats["by_task_type"])
+    ours = [stats["by_task_type"][g]["accepted"] for g in groups]
+    total = max(1, sum(ours))
+    paper_total = sum(PAPER_TASK_TYPE_COUNTS[g] for g in groups) or 1
+    fig, ax = new_figure(7, 3.6)
+    x = range(len(groups))
+    ax.bar([i - 0.2 for i in x], [100 * v / total for v in ours], width=0.4, label=f"this run ({sum(ours)} examples)")
+    ax.bar([i + 0.2 for i in x], [100 * PAPER_TASK_TYPE_COUNTS[g] / paper_total for g in groups], width=0.4,
+           label="paper (500k examples)", color="tab:gray")
+    ax.set_xticks(list(x), groups)
+    ax.set_ylabel("share of examples (%)")
+    ax.set_title("Examples by task group" + (" (loopback stand-in LLM)" if stats.get("llm", {}).get("stand_in") else ""))
+    ax.legend(fontsize=8)
+    return save(fig, path)
+
+
+def plot_language_distribution(stats: dict, top: int = 20, path=None):
+    """Accepted examples per language, the `top` languages and the rest together (Figure 2, right)."""
+    items = sorted(stats["by_language"].items(), key=lambda kv: -kv[1])
+    shown, rest = items[:top], items[top:]
+    labels = [k for k, _ in shown] + ([f"{len(rest)} others"] if rest else [])
+    values = [v for _, v in shown] + ([sum(v for _, v in rest)] if rest else [])
+    total = max(1, sum(values))
+    fig, ax = new_figure(8, 3.6)
+    ax.bar(range(len(values)), [100 * v / total for v in values], color="tab:green")
+    ax.set_xticks(range(len(values)), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("share of examples (%)")
+    ax.set_title("Examples by language" + (" (loopback stand-in LLM)" if stats.get("llm", {}).get("stand_in") else ""))
+    return save(fig, path)
+
+
+def plot_rejections(stats: dict, path=None):
+    """Rejected outputs by reason (parse failures, validation, duplicates, refusals, truncation)."""
+    reasons = dict(stats.get("rejections", {}))
+    fig, ax = new_figure(7, 3.4)
+    if reasons:
+        names = sorted(reasons, key=lambda k: -reasons[k])
+        ax.barh(names[::-1], [reasons[n] for n in names][::-1], color="tab:red")
+        ax.set_xlabel("rejected outputs")
+    else:
+        ax.text(0.5, 0.5, "no rejections", ha="center", va="center", transform=ax.transAxes)
+    ax.set_title(f"Rejections ({stats.get('accepted', 0)} accepted, {stats.get('rejected', 0)} rejected)")
+    return save(fig, path)
+
+
+def generation_plots(stats: dict, out_dir) -> list[Path]:
+    """The three generation plots of a run's stats.json, as PNG files in `out_dir` (`synthembed stats --plots`)."""
+    out_dir = Path(out_dir)
+    paths = [out_dir / "task_types.png", out_dir / "languages.png", out_dir / "rejections.png"]
+    for draw, path in zip((plot_task_type_distribution, plot_language_distribution, plot_rejections), paths, strict=True):
+        plt.close(draw(stats, path=path))
+    return paths
+
 
 # --- training (notebook 03) --------------------------------------------------------------------------------------
 
