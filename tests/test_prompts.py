@@ -216,3 +216,16 @@ def test_templates_are_package_data_in_our_own_words():
     for name in names:
         text = folder.joinpath(name).read_text(encoding="utf-8")
         assert not any(re.search(re.escape(phrase), text, re.IGNORECASE) for phrase in paper_phrases), name
+
+
+def test_docstring_examples_run():
+    """The one-line examples in the docstrings of languages, prompts and parsing are true."""
+    import doctest
+
+    import synthembed.languages
+    import synthembed.parsing
+    import synthembed.prompts
+
+    for module in (synthembed.languages, synthembed.prompts, synthembed.parsing):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0 and result.attempted > 3, module.__name__
