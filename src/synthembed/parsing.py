@@ -323,16 +323,27 @@ class Verdict:
     detail: str = ""
 
 
+# Scripts written without spaces between words: (first code point, last code point, characters per word).
 _NO_SPACE_SCRIPTS = (
-    ("CJK", 1.5),
-    ("HIRAGANA", 1.5),
-    ("KATAKANA", 1.5),
-    ("THAI", 4.0),
-    ("LAO", 4.0),
-    ("KHMER", 4.0),
-    ("MYANMAR", 4.0),
-    ("TIBETAN", 4.0),
-)  # fmt: skip  (script, characters per word)
+    (0x0E00, 0x0E7F, 4.0),  # Thai
+    (0x0E80, 0x0EFF, 4.0),  # Lao
+    (0x0F00, 0x0FFF, 4.0),  # Tibetan
+    (0x1000, 0x109F, 4.0),  # Myanmar
+    (0x1780, 0x17FF, 4.0),  # Khmer
+    (0x3040, 0x30FF, 1.5),  # Hiragana, Katakana
+    (0x3400, 0x4DBF, 1.5),  # CJK extension A
+    (0x4E00, 0x9FFF, 1.5),  # CJK unified ideographs
+    (0xF900, 0xFAFF, 1.5),  # CJK compatibility ideographs
+    (0x20000, 0x3FFFF, 1.5),  # CJK extensions B and later
+)
+
+
+def _unspaced_weight(char: str) -> float:
+    """The fraction of a word one character of a space-less script stands for; 0 for any other character."""
+    point = ord(char)
+    if point < 0x0E00:
+        return 0.0
+    return next((1 / per for first, last, per in _NO_SPACE_SCRIPTS if first <= point <= last), 0.0)
 
 
 def word_count(text: str) -> int:
@@ -344,11 +355,7 @@ def word_count(text: str) -> int:
     spaced = 0
     unspaced = 0.0
     for token in text.split():
-        chars = 0.0
-        for char in token:
-            if ord(char) > 0x2E7F:
-                name = unicodedata.name(char, "")
-                chars += next((1 / per for script, per in _NO_SPACE_SCRIPTS if name.startswith(script)), 0.0)
+        chars = sum(_unspaced_weight(char) for char in token)
         if chars:
             unspaced += chars
         else:
