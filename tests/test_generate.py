@@ -1,0 +1,183 @@
+"""generate.py: the plan, deduplication, the run directory's rules (resume, refuse, never overwrite), the cost budget,
+replay from a cache alone, and the API key that must land in no file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from synthembed.data import Example, read_examples
+from synthembed.errors import SynthembedError
+from synthembed.generate import (
+    Deduplicator,
+    GenerateConfig,
+    _truncate_partial_line,
+    brainstorm_plan,
+    generate,
+    generation_plan,
+    normalize_text,
+)
+from synthembed.loopback import LoopbackServer
+
+CONFIG = dict(model="loopback", tasks_per_type=2, examples_per_task=2, languages="English,German,Spanish", seed=0)
+
+
+@pytest.fixture(autouse=True)
+def _no_endpoint_env(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+
+
+@pytest.fixture(scope="module")
+def server():
+    with LoopbackServer() as s:
+        yield s
+
+
+def _run(out, server, **kwargs):
+    config = GenerateConfig(**{**CONFIG, **kwargs.pop("config", {})})
+    return generate(out, config, base_url=server.base_url, concurrency=4, backoff=0.01, progress=False, **kwargs)
+
+
+def _lines(path):
+    return sorted(path.read_text().splitlines()) if path.is_file() else []
+
+
+def test_config_is_checked():
+    with pytest.raises(SynthembedError, match="unknown task type"):
+        GenerateConfig(task_types="short-long,retrieval")
+    with pytest.raises(SynthembedError, match="two languages"):
+        GenerateConfig(task_types="bitext", languages="English")
+    with pytest.raises(SynthembedError, match="at least 1"):
+        GenerateConfig(tasks_per_type=0)
+    with pytest.raises(SynthembedError, match="unknown language"):
+        GenerateConfig(languages="English,Klingon")
+    assert len(GenerateConfig(languages="paper").languages) == 93
+    assert GenerateConfig(task_types="sts,short-long").task_types == ("short-long", "sts")
+
+
+def test_plan_is_a_pure_function_of_config_and_tasks():
+    config = GenerateConfig(**CONFIG)
+    tasks = {"short-long": ["Given a question, retrieve answers.", "Given keywords, retrieve guides."],
+             "long-short": ["Classify a review."], "short-short": [], "long-long": ["Given an essay, retrieve essays."]}
+    first, second = generation_plan(config, tasks), generation_plan(config, tasks)
+    assert [p.request.key() for p in first] == [p.request.key() for p in second]
+    assert len({p.request.key() for p in first}) == len(first)  # two samples of one prompt are two requests
+    assert len({p.request.seed for p in first}) == len(first)
+    assert len(first) == (2 + 1 + 0 + 1 + 2 + 2) * 2  # sts/bitext: tasks_per_type fixed-instruction slots
+    other = generation_plan(GenerateConfig(**{**CONFIG, "seed": 1}), tasks)
+    assert {p.request.key() for p in other}.isdisjoint(p.request.key() for p in first)
+    assert brainstorm_plan(config, "long-long", 0).request == brainstorm_plan(config, "long-long", 0).request
+    assert brainstorm_plan(config, "long-long", 0).request != brainstorm_plan(config, "long-long", 1).request
+    for p in first:
+        assert p.placeholders["language"] in ("English", "German", "Spanish")
+
+
+def test_deduplication_exact_and_near():
+    assert normalize_text("Ｈello,  WORLD!!") == normalize_text("hello world")
+    dedup = Deduplicator()
+    assert dedup.check("sts", "A cat sat.", "A cat sat down.", "Dogs bark.") is None
+    assert dedup.check("sts", "A cat sat.", "A cat sat down.", "Dogs bark.") == "duplicate"
+    assert dedup.check("sts", "a CAT sat", "A cat, sat down", "Birds sing.") == "near_duplicate"
+    assert dedup.check("bitext", "A cat sat.", "A cat sat down.", "Dogs bark.") is None  # per task group
+    assert dedup.check("sts", "A dog sat.", "A cat sat down.", None) is None
+
+
+def test_half_written_last_line_is_dropped(tmp_path):
+    path = tmp_path / "examples.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"b": 2}\n{"c": ')
+    _truncate_partial_line(path)
+    assert path.read_bytes() == b'{"a": 1}\n{"b": 2}\n'
+    _truncate_partial_line(path)
+    assert path.read_bytes() == b'{"a": 1}\n{"b": 2}\n'
+
+
+def test_run_directory_layout_and_example_format(tmp_path, server):
+    stats = _run(tmp_path / "run", server)
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} >= {"examples.jsonl", "tasks.jsonl", "rejects.jsonl", "stats.json",
+                                               "cache.sqlite", "config.json"}
+    examples = read_examples(run / "examples.jsonl")
+    assert len(examples) == stats["accepted"] > 0
+    for e in examples:
+        assert isinstance(e, Example) and e.meta.prompt_sha256 and e.meta.model == "loopback"
+        assert (e.negative is None) == (e.task_type in ("short-short", "long-long"))
+        assert e.language == e.meta.placeholders["language"]
+    tasks = [json.loads(line) for line in (run / "tasks.jsonl").read_text().splitlines()]
+    assert {t["task_type"] for t in tasks} == {"short-long", "long-short", "short-short", "long-long"}
+    assert all(stats["by_task_type"][t]["tasks"] == 2 for t in ("short-long", "long-short", "short-short", "long-long"))
+    assert stats["note"] and "stand-in" in stats["note"]
+
+
+def test_rerun_of_a_finished_run_sends_nothing_and_changes_nothing(tmp_path, server):
+    run = tmp_path / "run"
+    _run(run, server)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.suffix != ".sqlite" and p.is_file()}
+    served = server.served["requests"]
+    stats = _run(run, server)
+    assert server.served["requests"] == served
+    assert stats["complete"]
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.suffix != ".sqlite" and p.is_file()} == before
+
+
+def test_a_different_config_or_a_foreign_folder_is_refused(tmp_path, server):
+    run = tmp_path / "run"
+    _run(run, server)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    with pytest.raises(SynthembedError, match="examples_per_task: run has 2, asked for 3"):
+        _run(run, server, config={"examples_per_task": 3})
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "thesis.txt").write_text("mine")
+    with pytest.raises(SynthembedError, match="not a generation run"):
+        _run(foreign, server)
+    assert [p.name for p in foreign.iterdir()] == ["thesis.txt"]
+
+
+def test_max_cost_stops_cleanly_and_a_bigger_budget_finishes_the_same_run(tmp_path, server):
+    full = _run(tmp_path / "full", server)
+    run = tmp_path / "run"
+    stopped = _run(run, server, max_cost=full["cost_usd"] / 3)
+    assert stopped["stopped"] == "max_cost" and not stopped["complete"]
+    assert 0 < stopped["accepted"] < full["accepted"]
+    assert stopped["cost_usd"] >= full["cost_usd"] / 3
+    finished = _run(run, server, max_cost=full["cost_usd"] * 10)
+    assert finished["complete"] and finished["stopped"] is None
+    assert _lines(run / "examples.jsonl") == _lines(tmp_path / "full" / "examples.jsonl")
+    assert finished["cost_usd"] == pytest.approx(full["cost_usd"])  # nothing paid twice
+
+
+def test_replay_rebuilds_a_run_from_its_cache_alone(tmp_path, server):
+    _run(tmp_path / "orig", server)
+    stats = generate(tmp_path / "replayed", GenerateConfig(**CONFIG), backend="replay",
+                     cache=tmp_path / "orig" / "cache.sqlite", progress=False)
+    assert stats["complete"] and stats["session"]["requests"] == 0
+    assert _lines(tmp_path / "replayed" / "examples.jsonl") == _lines(tmp_path / "orig" / "examples.jsonl")
+    with pytest.raises(SynthembedError, match="replay needs an existing response cache"):
+        generate(tmp_path / "other", GenerateConfig(**CONFIG), backend="replay", cache=tmp_path / "none.sqlite")
+
+
+def test_the_api_key_lands_in_no_file(tmp_path, server, monkeypatch):
+    secret = "sk-test-h2b-9f8e7d6c5b4a39281706"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+    run = tmp_path / "run"
+    generate(run, GenerateConfig(**CONFIG), concurrency=4, progress=False, max_cost=100.0)
+    files = [p for p in run.rglob("*") if p.is_file()]
+    assert len(files) >= 6
+    for path in files:
+        data = path.read_bytes()
+        assert secret.encode() not in data and secret[8:].encode() not in data, path
+
+
+@pytest.mark.slow
+def test_transformers_backend_runs_the_pipeline(tmp_path, tiny_mistral):
+    # A random-weight model writes no JSON: the point is the mechanics (local batches, cache, stats), not acceptance.
+    config = GenerateConfig(model=str(tiny_mistral), task_types="sts,bitext", tasks_per_type=1, examples_per_task=2,
+                            languages="English,German", max_tokens=8)
+    stats = generate(tmp_path / "run", config, backend="transformers", batch_size=4, progress=False)
+    assert stats["requests"]["generate_answered"] == 4 and stats["complete"]
+    assert stats["accepted"] + stats["rejected"] == 4
+    assert stats["tokens"]["completion"] > 0 and stats["unpriced_models"]
