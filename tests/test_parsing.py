@@ -179,8 +179,21 @@ def test_nothing_is_evaluated(monkeypatch):
         "1. Given a claim, find evidence.\n2) Classify a review by sentiment.",
         "Tasks:\n- **Given a claim, find evidence.**\n* Classify a review by sentiment.",
         '["Given a claim,   find evidence.", "Given a claim, find evidence.", "Classify a review by sentiment.", ""]',
+        "[\u201cGiven a claim, find evidence.\u201d, \u201cClassify a review by sentiment.\u201d]",
+        'Here are [2] tasks, see [1]:\n["Given a claim, find evidence.", "Classify a review by sentiment."]',
     ],
-    ids=["json", "fenced-trailing-comma", "python", "object", "objects", "numbered", "bulleted", "duplicates"],
+    ids=[
+        "json",
+        "fenced-trailing-comma",
+        "python",
+        "object",
+        "objects",
+        "numbered",
+        "bulleted",
+        "duplicates",
+        "smart-quotes",
+        "brackets-in-prose",
+    ],  # fmt: skip
 )
 def test_task_list_forms(reply):
     assert parse_task_list(reply) == ["Given a claim, find evidence.", "Classify a review by sentiment."]

@@ -136,27 +136,49 @@ def _loads(text: str) -> Any:
     return json.loads(text, strict=False)
 
 
-def _parse_json_value(text: str, opener: str, closer: str) -> Any:
-    """The first JSON value opened by `opener` in the reply, trying plain text, then the spans, then repaired spans."""
+def _json_values(text: str, opener: str, closer: str):
+    """Every JSON value the reply may hold, best guess first: a fenced block or the whole reply as it is, then each
+    top-level `opener...closer` span as it is and repaired."""
     candidates = _candidates(text)
     for candidate in candidates:
         try:
-            return _loads(candidate)
+            yield _loads(candidate)
         except json.JSONDecodeError:
             pass
-    attempts = 0
     for candidate in candidates:
         # spans come from the reply as written, and only each span is repaired: an apostrophe in the prose around
         # the JSON must not be taken for a string delimiter
         for span in _balanced_spans(candidate, opener, closer):
             for attempt in (span, repair_json(span)):
-                attempts += 1
                 try:
-                    return _loads(attempt)
+                    yield _loads(attempt)
+                    break
                 except json.JSONDecodeError:
                     continue
-    raise ParseError("invalid_json", f"no complete JSON {'object' if opener == '{' else 'list'} found"
-                     + (f" ({attempts} candidate spans failed)" if attempts else ""))  # fmt: skip
+
+
+def _first_json(text: str, opener: str, closer: str, accept):
+    """accept(value) of the first JSON value in the reply that it accepts (it raises ParseError to refuse one).
+
+    Fails with the first refusal when values were found but none fit, else with invalid_json.
+    """
+    refusal = None
+    for value in _json_values(text, opener, closer):
+        try:
+            return accept(value)
+        except ParseError as err:
+            refusal = refusal or err
+    if refusal is not None:
+        raise refusal
+    raise ParseError("invalid_json", f"no complete JSON {'object' if opener == '{' else 'list'} found")
+
+
+def _as_object(value: Any) -> dict[str, Any]:
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
+        value = value[0]  # some models wrap the one object in a list
+    if not isinstance(value, dict):
+        raise ParseError("not_an_object", f"expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def parse_json_object(text: str) -> dict[str, Any]:
@@ -167,12 +189,7 @@ def parse_json_object(text: str) -> dict[str, Any]:
     """
     if text is None or not str(text).strip():
         raise ParseError("empty", "the reply is empty")
-    value = _parse_json_value(str(text), "{", "}")
-    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
-        value = value[0]  # some models wrap the one object in a list
-    if not isinstance(value, dict):
-        raise ParseError("not_an_object", f"expected a JSON object, got {type(value).__name__}")
-    return value
+    return _first_json(str(text), "{", "}", _as_object)
 
 
 # --- task lists -------------------------------------------------------------------------------------------------------
@@ -233,7 +250,7 @@ def parse_task_list(text: str) -> list[str]:
     text = str(text)
     looks_like_list = any(candidate.startswith(("[", "{")) for candidate in _candidates(text))
     try:
-        tasks = _tasks_from_value(_parse_json_value(text, "[", "]"))
+        tasks = _first_json(text, "[", "]", _tasks_from_value)
     except ParseError:
         if looks_like_list:
             raise  # a bracketed reply that will not parse (often truncated): do not guess from its lines
