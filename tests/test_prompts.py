@@ -229,3 +229,17 @@ def test_docstring_examples_run():
     for module in (synthembed.languages, synthembed.prompts, synthembed.parsing):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted > 3, module.__name__
+
+
+def test_every_language_is_named_in_the_rules():
+    """Each of the 93 languages renders, and the language sits in the prompt's rules (the loopback stand-in reads it
+    there, as a model would)."""
+    rng = random.Random(0)
+    for language in LANGUAGES:
+        for task_type in ("short-long", "sts"):
+            placeholders = sample_placeholders(task_type, rng, languages=[language])
+            text = generation_prompt(task_type, None if task_type == "sts" else TASK, placeholders).text
+            assert f"in {language}." in text.split("Rules:", 1)[1]
+    pair = {**sample_placeholders("bitext", rng), "src_lang": "Welsh", "tgt_lang": "Kurdish (Kurmanji)"}
+    rules = generation_prompt("bitext", None, pair).text.split("Rules:", 1)[1]
+    assert rules.index("Welsh") < rules.index("Kurdish (Kurmanji)")
