@@ -113,3 +113,61 @@ def generation_plots(stats: dict, out_dir) -> list[Path]:
 
 
 # --- long context (notebook 06) ----------------------------------------------------------------------------------
+
+
+def _length_label(n: int) -> str:
+    return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n)
+
+
+def plot_passkey_heatmap(table, path=None, title: str = "Passkey retrieval, top-1 accuracy (%)"):
+    """Heat map of a passkey accuracy table: settings as rows, lengths (tokens) as columns, values in %.
+
+    >>> plot_passkey_heatmap(grid.table(), "runs/passkey/heatmap.png")  # doctest: +SKIP
+    """
+    import numpy as np
+
+    values = table.to_numpy(dtype=float)  # (settings, lengths); NaN where a length did not fit
+    fig, ax = new_figure(1.2 + 0.9 * values.shape[1], 1.2 + 0.5 * values.shape[0])
+    image = ax.imshow(np.ma.masked_invalid(values), vmin=0, vmax=100, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(values.shape[1]), [_length_label(int(c)) for c in table.columns])
+    ax.set_yticks(range(values.shape[0]), list(table.index))
+    for (i, j), v in np.ndenumerate(values):
+        text = "n/a" if np.isnan(v) else f"{v:.0f}"
+        ax.text(j, i, text, ha="center", va="center", color="white" if np.isnan(v) or v < 60 else "black", fontsize=9)
+    ax.set_xlabel("document length (tokens)")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="top-1 accuracy (%)")
+    return save(fig, path)
+
+
+def plot_passkey_lines(table, paper=None, path=None, title: str = "Passkey retrieval by length (cf. the paper's Figure 5)"):
+    """Accuracy (%) against length, one solid line per setting; the paper's points (dashed, x) and bands beside them.
+
+    `paper` maps a setting label to {"points": {length: %}, "band": (low, high)} (synthembed.passkey.PAPER_FIGURE5);
+    a label that matches one of ours shares its colour.
+    """
+    fig, ax = new_figure(7.5, 4.2)
+    colors = {}
+    for label, row in table.iterrows():
+        (line,) = ax.plot([int(c) for c in table.columns], row.to_numpy(dtype=float), marker="o", label=f"ours: {label}")
+        colors[label] = line.get_color()
+    lengths = [int(c) for c in table.columns]
+    for label, entry in (paper or {}).items():
+        color = colors.get(label)
+        points = sorted(entry.get("points", {}).items())
+        if points:
+            (line,) = ax.plot([p[0] for p in points], [p[1] for p in points], linestyle="--", marker="x", color=color,
+                              label=f"paper: {label}")  # fmt: skip
+            color = line.get_color()
+        if entry.get("band"):
+            span = lengths or [256, 32768]
+            low, high = entry["band"]
+            ax.fill_between([min(span + [256]), max(span + [32768])], low, high, color=color, alpha=0.12,
+                            label=f"paper: {label} (range)")  # fmt: skip
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("document length (tokens)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylim(-3, 103)
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return save(fig, path)
