@@ -358,7 +358,7 @@ class _Run:
         if self.progress and plans:
             from tqdm.auto import tqdm
 
-            progress = tqdm(total=len(plans), desc=desc, unit="req", dynamic_ncols=True)
+            progress = tqdm(total=len(plans), desc=desc, unit="req", dynamic_ncols=True, mininterval=1.0)
         ready: dict[int, ChatResponse | LLMError] = {}
         position = 0
         try:
@@ -382,12 +382,19 @@ class _Run:
         tasks: dict[str, list[str]] = {t: [] for t in groups}
         seen: dict[str, set[str]] = {t: set() for t in groups}
         rows: list[dict[str, Any]] = []
-        for round_index in range(self.config.brainstorm_rounds):
-            wave = [brainstorm_plan(self.config, t, round_index) for t in groups
-                    if len(tasks[t]) < self.config.tasks_per_type]
+        next_round = dict.fromkeys(groups, 0)
+        per_reply = TASKS_PER_BRAINSTORM // 2  # plan for half of the ~20 asked for: duplicates and bad replies happen
+        for wave_index in range(self.config.brainstorm_rounds):
+            # Each wave asks for as many rounds per group as its shortfall needs, so 20k tasks are not 2k waves.
+            wave = []
+            for t in groups:
+                missing = self.config.tasks_per_type - len(tasks[t])
+                count = min(-(-missing // per_reply), self.config.brainstorm_rounds - next_round[t]) if missing > 0 else 0
+                wave += [brainstorm_plan(self.config, t, next_round[t] + i) for i in range(count)]
+                next_round[t] += count
             if not wave or self.client.stopped:
                 break
-            async for planned, answer in self.answers(wave, f"brainstorm {round_index + 1}"):
+            async for planned, answer in self.answers(wave, f"brainstorm {wave_index + 1}"):
                 if isinstance(answer, LLMError):
                     continue
                 problem = _response_problem(answer)
