@@ -181,3 +181,12 @@ def test_transformers_backend_runs_the_pipeline(tmp_path, tiny_mistral):
     assert stats["requests"]["generate_answered"] == 4 and stats["complete"]
     assert stats["accepted"] + stats["rejected"] == 4
     assert stats["tokens"]["completion"] > 0 and stats["unpriced_models"]
+
+
+@pytest.mark.slow
+def test_judging_in_worker_processes_gives_the_same_run(tmp_path, server):
+    inline = _run(tmp_path / "inline", server)
+    pooled = _run(tmp_path / "pooled", server, workers=2)
+    assert _lines(tmp_path / "pooled" / "examples.jsonl") == _lines(tmp_path / "inline" / "examples.jsonl")
+    assert _lines(tmp_path / "pooled" / "rejects.jsonl") == _lines(tmp_path / "inline" / "rejects.jsonl")
+    assert pooled["accepted"] == inline["accepted"] > 0

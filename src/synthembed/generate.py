@@ -23,6 +23,7 @@ How resuming stays exact:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import json
 import os
@@ -281,6 +282,7 @@ class _Run:
             self.dedup.check(e["task_type"], e["query"], e["positive"], e.get("negative"))
         self.failed: Counter = Counter()
         self.session = Counter()
+        self.pool = None  # a ProcessPoolExecutor for judging replies, set by generate() when workers are asked for
         self._examples_handle = self.examples_path.open("a", encoding="utf-8")
         self._rejects_handle = self.rejects_path.open("a", encoding="utf-8")
 
@@ -328,24 +330,16 @@ class _Run:
         )
         self._append(self._examples_handle, example.model_dump(mode="json"))
 
-    def process(self, planned: Planned, response: ChatResponse) -> None:
-        """Parse, validate, deduplicate and write one generation response."""
+    def process(self, planned: Planned, response: ChatResponse, judged: tuple | None = None) -> None:
+        """Deduplicate and write one generation response, judged (parsed and validated) here unless `judged` is given."""
         if planned.request_id in self.done:
             return
-        problem = _response_problem(response)
-        if problem:
-            self.reject(planned, *problem, response)
+        if judged is None:
+            judged = judge(planned.task_type, response.text, response.finish_reason, response.refusal, planned.placeholders)
+        if judged[0] == "reject":
+            self.reject(planned, judged[1], judged[2], response)
             return
-        try:
-            obj = parse_json_object(response.text)
-        except ParseError as err:
-            self.reject(planned, err.reason, err.detail, response)
-            return
-        verdict = validate_example(planned.task_type, obj, planned.placeholders)
-        if not verdict.ok:
-            self.reject(planned, verdict.reason or "invalid", verdict.detail, response)
-            return
-        query, positive, negative = to_example_fields(planned.task_type, obj, planned.placeholders)
+        _, obj, (query, positive, negative) = judged
         duplicate = self.dedup.check(planned.task_type, query, positive, negative)
         if duplicate:
             self.reject(planned, duplicate, "same text as an earlier accepted example", response)
@@ -421,13 +415,77 @@ class _Run:
         return tasks
 
     async def generate(self, tasks: dict[str, list[str]]) -> list[Planned]:
+        """Send the pending generation requests; judge each answer as it arrives (in worker processes when there are
+        any), then deduplicate and write in plan order, so the accepted set does not depend on arrival order."""
         plan = generation_plan(self.config, tasks)
         pending = [p for p in plan if p.request_id not in self.done]
-        if pending and not self.client.stopped:
-            async for planned, answer in self.answers(pending, "generate"):
-                if isinstance(answer, ChatResponse):
-                    self.process(planned, answer)
+        if not pending or self.client.stopped:
+            return plan
+        loop = asyncio.get_running_loop()
+        progress = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=len(pending), desc="generate", unit="req", dynamic_ncols=True, mininterval=1.0)
+        slots: dict[int, tuple[ChatResponse | LLMError, asyncio.Future | None]] = {}
+        position = 0
+
+        def ready() -> bool:
+            return position in slots and (slots[position][1] is None or slots[position][1].done())
+
+        try:
+            async for i, answer in self.client.stream([p.request for p in pending], progress):
+                future = None
+                if isinstance(answer, LLMError):
+                    self.failed[answer.kind] += 1
+                else:
+                    args = (pending[i].task_type, answer.text, answer.finish_reason, answer.refusal, pending[i].placeholders)
+                    if self.pool is not None:
+                        future = loop.run_in_executor(self.pool, judge, *args)
+                    else:
+                        future = loop.create_future()
+                        future.set_result(judge(*args))
+                slots[i] = (answer, future)
+                while ready():
+                    answer, future = slots.pop(position)
+                    if future is not None:
+                        self.process(pending[position], answer, future.result())
+                    position += 1
+        finally:
+            if progress is not None:
+                progress.close()
+        # The stream ended (everything answered, or the budget stopped it): the rest, in plan order.
+        for i in sorted(slots):
+            answer, future = slots[i]
+            if future is not None:
+                self.process(pending[i], answer, await future)
         return plan
+
+
+def judge(task_type: str, text: str | None, finish_reason: str, refusal: str | None,
+          placeholders: dict[str, Any]) -> tuple:
+    """Parse and validate one reply: ("reject", reason, detail) or ("ok", fields, (query, positive, negative)).
+
+    A pure function of the reply, so it can run in a worker process.
+    """
+    problem = _response_problem(ChatResponse(text, finish_reason, refusal))
+    if problem:
+        return ("reject", *problem)
+    try:
+        obj = parse_json_object(text)
+    except ParseError as err:
+        return ("reject", err.reason, err.detail)
+    verdict = validate_example(task_type, obj, placeholders)
+    if not verdict.ok:
+        return ("reject", verdict.reason or "invalid", verdict.detail)
+    return ("ok", obj, to_example_fields(task_type, obj, placeholders))
+
+
+def _warm_worker() -> None:
+    """Load the language detector once per worker process, before the first reply arrives."""
+    from .parsing import detect_language
+
+    detect_language("warm up the detector")
 
 
 def _is_fenced(response: ChatResponse | None) -> bool:
@@ -461,13 +519,15 @@ def generate(
     max_retries: int = 6,
     backoff: float = 1.0,
     batch_size: int = 8,
+    workers: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) a generation into `out`; returns its stats (also written to out/stats.json).
 
     `backend` is "openai", "transformers" (config.model is then a local path or hub id), "replay" (answers only from
     `cache`), or a backend object. `max_cost` in USD stops sending once reached; a later run with a higher budget
-    continues where this one stopped.
+    continues where this one stopped. `workers` > 0 parses and validates replies in that many worker processes
+    (language detection is the costly part), which keeps the event loop free to send at full concurrency.
     """
     config = config or GenerateConfig()
     out = Path(out)
@@ -501,6 +561,13 @@ def generate(
     client = LLMClient(backend, cache=response_cache, prices=price_table, max_cost=max_cost, max_retries=max_retries,
                        backoff=backoff, seed=config.seed)
     run = _Run(out, config, client, runtime, progress)
+    if workers > 0:
+        import concurrent.futures
+        import multiprocessing
+
+        # forkserver: forking a process that runs threads (the loopback server, the event loop) is not safe
+        run.pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"),
+                                                          initializer=_warm_worker)
     timing: dict[str, float] = {}
 
     async def pipeline() -> list[Planned]:
@@ -521,6 +588,8 @@ def generate(
         plan = run_async(pipeline())
     finally:
         run.close()
+        if run.pool is not None:
+            run.pool.shutdown(cancel_futures=True)
     stats = compute_stats(out, config, plan, response_cache, price_table, runtime, client, previous, timing)
     response_cache.close()
     _write_json_atomic(stats_path, stats)
@@ -655,6 +724,7 @@ def configure_generate_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", default=None, help=f"response cache file (default OUT/{CACHE_FILE}); replay reads it")
     parser.add_argument("--prices", default=None, help="JSON/YAML price table {model: {input: USD/1M, output: USD/1M}}")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds before a request is abandoned and retried")
+    parser.add_argument("--workers", type=int, default=0, help="processes that parse and validate replies (0: inline)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -689,7 +759,7 @@ def run_generate_command(args: argparse.Namespace) -> int:
     stats = generate(
         args.out, config, backend=args.backend, base_url=args.base_url, concurrency=args.concurrency,
         max_cost=args.max_cost, cache=args.cache, prices=args.prices, timeout=args.timeout,
-        batch_size=args.batch_size, progress=not args.quiet,
+        batch_size=args.batch_size, workers=args.workers, progress=not args.quiet,
     )
     if stats.get("stopped") == "max_cost":
         print(f"[generate] stopped at --max-cost ${args.max_cost}; run again with a higher --max-cost to continue")
