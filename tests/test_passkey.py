@@ -197,3 +197,23 @@ def test_lemb_passkey_is_reported_unavailable_offline(monkeypatch, tmp_path):
 
 def test_count_tokens_includes_bos(tokenizer):
     assert count_tokens(tokenizer, ["", "hello"])[0] == 1
+
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_notebook_06_records_the_grid(smoke_study):
+    from synthembed.study import load_profile
+
+    run_dir, results = smoke_study
+    nb = results["06_long_context"]
+    smoke = load_profile("smoke")["06_long_context"]
+    assert nb["max_length_error"] <= 4 and nb["lexical_top1"] == 1.0  # exact lengths; the task is well posed
+    assert len(nb["settings"]) == len(smoke["settings"])
+    for (window, base), label in zip(smoke["settings"], nb["settings"], strict=True):
+        effective = nb["effective"][label]
+        assert effective["rope_theta_in_attention"] == pytest.approx(base) and effective["sliding_window"] == window
+        scores = nb["accuracy"][label]
+        assert set(scores) == {str(n) for n in smoke["lengths"]}
+        assert all(0.0 <= v <= 1.0 for v in scores.values())
+    assert nb["lemb_reason"] and nb["lemb_scores"] == {}  # smoke skips LongEmbed and says why it could or could not run
+    assert (run_dir / "passkey" / "grid.json").is_file() and (run_dir / "passkey" / "accuracy_by_length.png").is_file()

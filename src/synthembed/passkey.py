@@ -394,6 +394,13 @@ class PasskeyGrid:
         table = df.pivot(index="setting", columns="length", values="accuracy") * 100
         return table.reindex([s.label for s in self.settings])
 
+    def accuracy(self) -> dict[str, dict[str, float | None]]:
+        """{setting label: {length as str: top-1 accuracy, None where it did not fit}} (JSON-ready)."""
+        out: dict[str, dict[str, float | None]] = {s.label: {} for s in self.settings}
+        for row in self.rows:
+            out[row["setting"]][str(row["length"])] = row["accuracy"]
+        return out
+
     def to_json(self) -> dict[str, Any]:
         return {
             "model": self.model,
@@ -618,7 +625,42 @@ def run_passkey_command(args: argparse.Namespace) -> int:
     from .plots import plot_passkey_heatmap, plot_passkey_lines
 
     plot_passkey_heatmap(grid.table(), out / "heatmap.png")
-    plot_passkey_lines(grid.table(), PAPER_FIGURE5, out / "accuracy_by_length.png")
+    plot_passkey_lines(grid.table(), PAPER_FIGURE5, out / "accuracy_by_length.png", chance=1 / args.candidates)
     print(grid.table().round(1).to_string())
     print(f"[passkey] wrote {path}, {out / 'grid.csv'}, heatmap.png and accuracy_by_length.png")
     return 0
+
+
+def run_lemb_passkey(
+    emb, name: str, lengths: Sequence[int] | None = None, instructions: bool = True
+) -> dict[int, float]:
+    """mteb's LEMBPasskeyRetrieval with a loaded Embedder: {length: nDCG@1} (= top-1 accuracy, one relevant document).
+
+    Raises SynthembedError saying why when the data cannot be read here (see `lemb_passkey_status`).
+    """
+    available, reason = lemb_passkey_status()
+    if not available:
+        raise SynthembedError(f"{LEMB_TASK} is not available: {reason}")
+    import mteb
+
+    from .evaluate import mteb_encoder
+
+    splits = [f"test_{int(n)}" for n in lengths] if lengths else None
+    task = mteb.get_task(LEMB_TASK, eval_splits=splits)
+    result = mteb.evaluate(mteb_encoder(emb, name=name, instructions=instructions), task, cache=None)
+    scores = result.task_results[0].scores  # {split: [{"main_score": ..., "hf_subset": ...}, ...]}
+    return {int(split.split("_")[-1]): float(entries[0]["main_score"]) for split, entries in scores.items()}
+
+
+def lexical_top1(pset: PasskeySet) -> float:
+    """Top-1 accuracy of BM25 (bm25s) on a passkey set: a check that the task is well posed, since only the right
+    document contains the asked-for name. Expect 1.0; an embedding model's accuracy is then about the model.
+    """
+    import bm25s
+
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize([d.text for d in pset.documents], stopwords="en", show_progress=False),
+                    show_progress=False)  # fmt: skip
+    found, _ = retriever.retrieve(bm25s.tokenize(pset.queries, stopwords="en", show_progress=False), k=1,
+                                  show_progress=False)  # fmt: skip  # (Q, 1) document indices
+    return float(sum(int(found[i, 0]) == g for i, g in enumerate(pset.gold)) / len(pset.gold))

@@ -140,11 +140,13 @@ def plot_passkey_heatmap(table, path=None, title: str = "Passkey retrieval, top-
     return save(fig, path)
 
 
-def plot_passkey_lines(table, paper=None, path=None, title: str = "Passkey retrieval by length (cf. the paper's Figure 5)"):
+def plot_passkey_lines(
+    table, paper=None, path=None, chance: float | None = None, title: str = "Passkey retrieval by length (cf. Figure 5)"
+):
     """Accuracy (%) against length, one solid line per setting; the paper's points (dashed, x) and bands beside them.
 
     `paper` maps a setting label to {"points": {length: %}, "band": (low, high)} (synthembed.passkey.PAPER_FIGURE5);
-    a label that matches one of ours shares its colour.
+    a label that matches one of ours shares its colour. `chance` (a fraction) draws the chance level.
     """
     fig, ax = new_figure(7.5, 4.2)
     colors = {}
@@ -164,7 +166,12 @@ def plot_passkey_lines(table, paper=None, path=None, title: str = "Passkey retri
             low, high = entry["band"]
             ax.fill_between([min(span + [256]), max(span + [32768])], low, high, color=color, alpha=0.12,
                             label=f"paper: {label} (range)")  # fmt: skip
+    if chance is not None:
+        ax.axhline(100 * chance, color="gray", linewidth=0.8, linestyle=":", label=f"chance ({100 * chance:.0f}%)")
     ax.set_xscale("log", base=2)
+    ticks = sorted(set(lengths) | {n for e in (paper or {}).values() for n in e.get("points", {})})
+    ax.set_xticks(ticks, [_length_label(n) for n in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("document length (tokens)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_ylim(-3, 103)
