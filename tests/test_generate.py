@@ -143,6 +143,8 @@ def test_max_cost_stops_cleanly_and_a_bigger_budget_finishes_the_same_run(tmp_pa
     assert stopped["stopped"] == "max_cost" and not stopped["complete"]
     assert 0 < stopped["accepted"] < full["accepted"]
     assert stopped["cost_usd"] >= full["cost_usd"] / 3
+    again = _run(run, server, max_cost=full["cost_usd"] / 3)  # the budget covers the whole run, not each session
+    assert again["stopped"] == "max_cost" and again["accepted"] <= stopped["accepted"] + 4
     finished = _run(run, server, max_cost=full["cost_usd"] * 10)
     assert finished["complete"] and finished["stopped"] is None
     assert _lines(run / "examples.jsonl") == _lines(tmp_path / "full" / "examples.jsonl")

@@ -419,6 +419,13 @@ class _Run:
         any), then deduplicate and write in plan order, so the accepted set does not depend on arrival order."""
         plan = generation_plan(self.config, tasks)
         pending = [p for p in plan if p.request_id not in self.done]
+        cache = self.client.cache
+        if cache is not None:  # what earlier sessions paid for the examples already written counts against --max-cost
+            for p in plan:
+                hit = cache.get(p.request) if p.request_id in self.done else None
+                if hit is not None:
+                    self.client.spent_before += cost_usd(hit.model or self.config.model, hit.prompt_tokens,
+                                                         hit.completion_tokens, self.client.prices)
         if not pending or self.client.stopped:
             return plan
         loop = asyncio.get_running_loop()

@@ -501,6 +501,7 @@ class LLMClient:
         self.max_backoff = max_backoff
         self.usage = Usage()
         self.stopped: str | None = None  # "max_cost" once the budget is spent
+        self.spent_before = 0.0  # USD an earlier session of the same run spent: the budget covers the whole run
         self._rng = random.Random(seed)  # jitter only; never affects what is generated
 
     def _account(self, response: ChatResponse) -> None:
@@ -518,7 +519,7 @@ class LLMClient:
             self.usage.fresh_cost_usd += cost
 
     def over_budget(self) -> bool:
-        return self.max_cost is not None and self.usage.cost_usd >= self.max_cost
+        return self.max_cost is not None and self.usage.cost_usd + self.spent_before >= self.max_cost
 
     async def _with_retries(self, batch: list[ChatRequest]) -> list[ChatResponse]:
         retries: Counter = Counter()
