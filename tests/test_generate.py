@@ -192,3 +192,9 @@ def test_judging_in_worker_processes_gives_the_same_run(tmp_path, server):
     assert _lines(tmp_path / "pooled" / "examples.jsonl") == _lines(tmp_path / "inline" / "examples.jsonl")
     assert _lines(tmp_path / "pooled" / "rejects.jsonl") == _lines(tmp_path / "inline" / "rejects.jsonl")
     assert pooled["accepted"] == inline["accepted"] > 0
+
+
+def test_the_stand_in_is_named_whatever_the_model_is_called(tmp_path, server):
+    stats = _run(tmp_path / "run", server, config={"model": "gpt-4o-mini"})
+    assert stats["llm"]["stand_in"] and stats["cost_is_hypothetical"] and "stand-in" in stats["note"]
+    assert stats["price_usd_per_1m_tokens"] == {"input": 0.15, "output": 0.6}

@@ -527,6 +527,7 @@ def generate(
     backoff: float = 1.0,
     batch_size: int = 8,
     workers: int = 0,
+    stand_in: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) a generation into `out`; returns its stats (also written to out/stats.json).
@@ -535,6 +536,7 @@ def generate(
     `cache`), or a backend object. `max_cost` in USD stops sending once reached; a later run with a higher budget
     continues where this one stopped. `workers` > 0 parses and validates replies in that many worker processes
     (language detection is the costly part), which keeps the event loop free to send at full concurrency.
+    `stand_in=True` marks the run as the loopback stand-in's in stats.json (also detected from its answers' signature).
     """
     config = config or GenerateConfig()
     out = Path(out)
@@ -556,7 +558,8 @@ def generate(
                               prices if isinstance(prices, dict) else None)
     runtime = {"backend": backend_name, "base_url": _safe_url(base_url or (os.environ.get("OPENAI_BASE_URL")
                                                                           if backend_name == "openai" else None)),
-               "concurrency": concurrency, "max_cost": max_cost, "cache": str(cache_path), "timeout": timeout}
+               "concurrency": concurrency, "max_cost": max_cost, "cache": str(cache_path), "timeout": timeout,
+               "stand_in": stand_in}
     _write_json_atomic(out / CONFIG_FILE, {"plan": config.as_dict(), "runtime": runtime})
     if isinstance(backend, str):
         model_arg = config.model if backend == "transformers" else None
@@ -618,10 +621,12 @@ def compute_stats(out: Path, config: GenerateConfig, plan: list[Planned], cache:
     cost = 0.0
     unpriced: set[str] = set()
     answered = 0
+    fingerprints: set[str] = set()
     for planned in brainstorms + plan:
         hit = cache.get(planned.request)
         if hit is None:
             continue
+        fingerprints.add(hit.system_fingerprint or "")
         if planned.stage == "generate":
             answered += 1
         prompt_tokens += hit.prompt_tokens
@@ -651,7 +656,8 @@ def compute_stats(out: Path, config: GenerateConfig, plan: list[Planned], cache:
     http.update(client.usage.retries)
     failed = Counter(previous.get("faults", {}).get("failed_requests", {}))
     failed.update(client.usage.failures)
-    stand_in = config.model.startswith("loopback")
+    # The stand-in signs its answers; a model named "loopback" is the stand-in too (whatever served it).
+    stand_in = bool(runtime.get("stand_in")) or config.model.startswith("loopback") or "loopback-stand-in" in fingerprints
     stats = {
         "note": STAND_IN_NOTE if stand_in else "",
         "llm": {"backend": runtime["backend"], "model": config.model, "base_url": runtime.get("base_url"),

@@ -121,6 +121,7 @@ class ChatResponse:
     cached: bool = False
     # HTTP-level retries this response needed, by kind ("rate_limit", "server_error", "timeout", ...)
     retries: dict[str, int] = field(default_factory=dict)
+    system_fingerprint: str | None = None  # the loopback stand-in signs its answers "loopback-stand-in"
 
 
 # --- cost ------------------------------------------------------------------------------------------------------------
@@ -196,24 +197,26 @@ class ResponseCache:
             self.conn.execute(
                 "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, request TEXT NOT NULL, text TEXT, "
                 "finish_reason TEXT, refusal TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, model TEXT, "
-                "created REAL)"
+                "created REAL, fingerprint TEXT)"
             )
             self.conn.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)")
             self.conn.commit()
 
     def get(self, request: ChatRequest) -> ChatResponse | None:
         row = self.conn.execute(
-            "SELECT text, finish_reason, refusal, prompt_tokens, completion_tokens, model FROM responses WHERE key = ?",
+            "SELECT text, finish_reason, refusal, prompt_tokens, completion_tokens, model, fingerprint FROM responses "
+            "WHERE key = ?",
             (request.key(),),
         ).fetchone()
         if row is None:
             return None
-        text, finish_reason, refusal, prompt_tokens, completion_tokens, model = row
-        return ChatResponse(text, finish_reason or "stop", refusal, prompt_tokens or 0, completion_tokens or 0, model or "", True)
+        text, finish_reason, refusal, prompt_tokens, completion_tokens, model, fingerprint = row
+        return ChatResponse(text, finish_reason or "stop", refusal, prompt_tokens or 0, completion_tokens or 0,
+                            model or "", True, system_fingerprint=fingerprint)
 
     def put(self, request: ChatRequest, response: ChatResponse) -> None:
         self.conn.execute(
-            "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 request.key(),
                 json.dumps(request.as_dict(), ensure_ascii=False),
@@ -224,6 +227,7 @@ class ResponseCache:
                 response.completion_tokens,
                 response.model,
                 time.time(),
+                response.system_fingerprint,
             ),
         )
         self.conn.commit()
@@ -338,6 +342,7 @@ class OpenAIBackend:
             prompt_tokens=(usage.prompt_tokens or 0) if usage else 0,
             completion_tokens=(usage.completion_tokens or 0) if usage else 0,
             model=reply.model or request.model,
+            system_fingerprint=getattr(reply, "system_fingerprint", None),
         )
 
     async def aclose(self) -> None:
