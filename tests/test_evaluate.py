@@ -1,0 +1,309 @@
+"""The mteb wrapper, local tasks, the embedding cache, result tables and bad input (small fixtures; fast)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from synthembed.cli import main
+from synthembed.errors import SynthembedError
+from synthembed.evaluate import (
+    EmbeddingCache,
+    averages,
+    category_table,
+    evaluate_model,
+    mteb_encoder,
+    resolve_tasks,
+    split_task_list,
+    task_table,
+    to_markdown,
+)
+from synthembed.local_tasks import detect_kind, label_ids, local_task
+
+DOCS = [
+    ("d1", "Cats", "Cats are small domesticated carnivorous mammals that purr."),
+    ("d2", "Rust", "Rust is a systems programming language focused on memory safety."),
+    ("d3", "Paris", "Paris is the capital and largest city of France."),
+    ("d4", "Photosynthesis", "Plants convert sunlight, water and carbon dioxide into sugar."),
+    ("d5", "Volcano", "A volcano is a rupture in the crust where lava escapes."),
+    ("d6", "Football", "Association football is played by two teams of eleven players."),
+]
+QUERIES = [
+    ("q1", "which pet animal purrs"),
+    ("q2", "memory safe programming language"),
+    ("q3", "what is the capital of France"),
+    ("q4", "how do plants make sugar"),
+]
+
+
+def make_beir(root: Path) -> Path:
+    root.mkdir(parents=True)
+    (root / "qrels").mkdir()
+    (root / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n" for i, t, x in DOCS)
+    )
+    (root / "queries.jsonl").write_text("".join(json.dumps({"_id": i, "text": x}) + "\n" for i, x in QUERIES))
+    rows = ["query-id\tcorpus-id\tscore", "q1\td1\t1", "q2\td2\t1", "q3\td3\t1", "q4\td4\t1"]
+    (root / "qrels" / "test.tsv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def make_sts(root: Path) -> Path:
+    root.mkdir(parents=True)
+    pairs = [
+        ("A man is playing a guitar.", "A person plays the guitar.", 4.6),
+        ("A woman is slicing an onion.", "Someone cuts an onion.", 4.2),
+        ("A dog runs in the park.", "The stock market fell today.", 0.2),
+        ("Kids are playing football.", "Children play soccer outside.", 4.0),
+        ("The sun is shining.", "A cat sleeps on the sofa.", 0.4),
+        ("He drives a red car.", "A man is driving a car.", 3.1),
+    ]
+    lines = [f"main-captions\tMSRvid\t2012test\t{i:04d}\t{s}\t{a}\t{b}" for i, (a, b, s) in enumerate(pairs)]
+    (root / "sts-test.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def make_tatoeba(root: Path) -> Path:
+    root.mkdir(parents=True)
+    eng = ["Good morning.", "Where is the station?", "I like green tea.", "The house is big."]
+    deu = ["Guten Morgen.", "Wo ist der Bahnhof?", "Ich mag grünen Tee.", "Das Haus ist groß."]
+    fra = ["Bonjour.", "Où est la gare ?", "J'aime le thé vert.", "La maison est grande."]
+    for code, side in (("deu", deu), ("fra", fra)):
+        (root / f"tatoeba.{code}-eng.{code}").write_text("\n".join(side) + "\n")
+        (root / f"tatoeba.{code}-eng.eng").write_text("\n".join(eng) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def beir_dir(tmp_path_factory) -> Path:
+    return make_beir(tmp_path_factory.mktemp("local") / "mini_beir")
+
+
+@pytest.fixture(scope="module")
+def minilm_embedder(minilm):
+    from synthembed.model import load_embedder
+
+    return load_embedder(str(minilm), device="cpu")
+
+
+class RecordingEmbedder:
+    """Records what it is asked to encode; deterministic vectors from the text's hash (no model needed)."""
+
+    def __init__(self):
+        self.seen: list[str] = []
+        self.max_len = 64
+        self.append_eos = False
+        self.pooling = "mean"
+        self.dimension = 8
+        import torch
+
+        self.model = torch.nn.Linear(2, 2)
+
+    def encode(self, texts, batch_size=32, show_progress=True, desc=""):
+        self.seen.extend(texts)
+        rng = [np.random.default_rng(abs(hash(t)) % (2**32)) for t in texts]
+        reps = np.stack([r.standard_normal(self.dimension) for r in rng]).astype(np.float32)
+        return reps / np.linalg.norm(reps, axis=1, keepdims=True)
+
+    def settings(self):
+        return {"pooling": self.pooling}
+
+
+def test_split_task_list_keeps_benchmark_names_whole():
+    assert split_task_list("MTEB(eng, v2),SciFact, ./data/x") == ["MTEB(eng, v2)", "SciFact", "./data/x"]
+    assert split_task_list(["a,b", "c"]) == ["a", "b", "c"]
+
+
+def test_detect_kind_reads_the_files(tmp_path, beir_dir):
+    assert detect_kind(beir_dir) == "retrieval"
+    assert detect_kind(make_sts(tmp_path / "sts")) == "sts"
+    assert detect_kind(make_tatoeba(tmp_path / "tat")) == "bitext"
+    (tmp_path / "cls").mkdir()
+    (tmp_path / "cls" / "train.csv").write_text("text,category\na,x\n")
+    (tmp_path / "cls" / "test.csv").write_text("text,category\nb,x\n")
+    assert detect_kind(tmp_path / "cls") == "classification"
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("hello")
+    with pytest.raises(SynthembedError, match="junk"):
+        detect_kind(tmp_path / "junk")
+
+
+def test_label_ids_sort_case_insensitively():
+    assert label_ids(["b", "A", "c", "a_x"]) == {"A": 0, "a_x": 1, "b": 2, "c": 3}
+
+
+def test_official_copies_get_mteb_protocol(tmp_path):
+    task = local_task(make_sts(tmp_path / "stsbenchmark"))
+    assert task.metadata.name == "STSBenchmark" and task.metadata.main_score == "cosine_spearman"
+    assert (task.min_score, task.max_score) == (0, 5)
+    task.load_data()
+    assert task.dataset["test"].column_names == ["sentence1", "sentence2", "score"]
+
+
+def test_local_retrieval_matches_plain_mteb_with_sentence_transformers(beir_dir, minilm, minilm_embedder, tmp_path):
+    """Our wrapper over our encode() scores what mteb scores with the sentence-transformers model itself."""
+    import mteb
+    from sentence_transformers import SentenceTransformer
+
+    ours = evaluate_model(
+        str(minilm), [str(beir_dir)], embedder=minilm_embedder, cache_dir=tmp_path, show_progress=False
+    )
+    reference = mteb.evaluate(
+        SentenceTransformer(str(minilm), device="cpu"), local_task(beir_dir), cache=None, show_progress_bar=False
+    )
+    ref_scores = reference.task_results[0].scores["test"][0]
+    entry = ours["tasks"][0]
+    assert entry["kind"] == "retrieval" and entry["main_score_name"] == "ndcg_at_10"
+    assert entry["main_score"] == pytest.approx(ref_scores["ndcg_at_10"], abs=1e-6)
+    assert entry["scores"]["scores"]["test"][0]["recall_at_1"] == pytest.approx(ref_scores["recall_at_1"], abs=1e-6)
+    assert 0.5 < entry["main_score"] <= 1.0  # an easy task for a real model
+
+
+def test_embedding_cache_reuses_only_the_same_model(beir_dir, minilm, minilm_embedder, tmp_path):
+    first = evaluate_model(
+        str(minilm), [str(beir_dir)], embedder=minilm_embedder, cache_dir=tmp_path, show_progress=False
+    )
+    again = evaluate_model(
+        str(minilm), [str(beir_dir)], embedder=minilm_embedder, cache_dir=tmp_path, show_progress=False
+    )
+    assert first["embedding_cache"] == {"hits": 0, "misses": 2}  # queries + corpus
+    assert again["embedding_cache"] == {"hits": 2, "misses": 0}
+    assert again["tasks"][0]["main_score"] == first["tasks"][0]["main_score"]
+    # another pooling is another model: its own hash, nothing served from the first model's cache
+    from synthembed.model import load_embedder
+
+    cls = load_embedder(str(minilm), pooling="cls", device="cpu")
+    changed = evaluate_model(str(minilm), [str(beir_dir)], embedder=cls, cache_dir=tmp_path, show_progress=False)
+    assert changed["model_hash"] != first["model_hash"]
+    assert changed["embedding_cache"]["hits"] == 0
+
+
+def test_cache_file_round_trip(tmp_path):
+    cache = EmbeddingCache(tmp_path, "abc" * 20)
+    reps = np.arange(6, dtype=np.float32).reshape(3, 2)
+    assert cache.get(["a", "b", "c"]) is None
+    cache.put(["a", "b", "c"], reps)
+    np.testing.assert_array_equal(cache.get(["a", "b", "c"]), reps)
+    assert cache.get(["a", "c", "b"]) is None  # order is part of the key
+    assert not list(cache.dir.glob("*.tmp"))
+
+
+def test_instructions_on_queries_only(beir_dir, tmp_path):
+    """Paper section 4.1: queries get `Instruct: {task}\\nQuery: ...` (SciFact's own prompt), documents stay plain."""
+    import mteb
+
+    emb = RecordingEmbedder()
+    wrapper = mteb_encoder(emb, name="local/recorder", instructions=True, model_hash="0" * 64, show_progress=False)
+    task = local_task(beir_dir, name="SciFact")
+    mteb.evaluate(wrapper, task, cache=None, show_progress_bar=False)
+    scifact_prompt = mteb.get_task("SciFact").metadata.prompt["query"]
+    queries = [t for t in emb.seen if t.startswith("Instruct:")]
+    assert queries == [f"Instruct: {scifact_prompt}\nQuery: {q}" for _, q in QUERIES]
+    assert sorted(t for t in emb.seen if not t.startswith("Instruct:")) == sorted(f"{t} {x}" for _, t, x in DOCS)
+
+    emb = RecordingEmbedder()
+    wrapper = mteb_encoder(
+        emb, name="local/recorder", instructions=True, overrides={"SciFact": "Find evidence"}, show_progress=False
+    )
+    mteb.evaluate(wrapper, local_task(beir_dir, name="SciFact"), cache=None, show_progress_bar=False)
+    assert sum(t.startswith("Instruct: Find evidence\nQuery: ") for t in emb.seen) == len(QUERIES)
+
+    emb = RecordingEmbedder()
+    wrapper = mteb_encoder(emb, name="local/recorder", instructions=False, show_progress=False)
+    mteb.evaluate(wrapper, local_task(beir_dir, name="SciFact"), cache=None, show_progress_bar=False)
+    assert not any(t.startswith("Instruct:") for t in emb.seen)
+
+
+def test_symmetric_tasks_instruct_both_sides(tmp_path):
+    import mteb
+
+    emb = RecordingEmbedder()
+    wrapper = mteb_encoder(emb, name="local/recorder", instructions=True, show_progress=False)
+    mteb.evaluate(wrapper, local_task(make_sts(tmp_path / "stsbenchmark")), cache=None, show_progress_bar=False)
+    assert emb.seen and all(t.startswith("Instruct: Retrieve semantically similar text.\nQuery: ") for t in emb.seen)
+
+
+def test_bitext_scores_per_language(tmp_path, minilm, minilm_embedder):
+    tat = make_tatoeba(tmp_path / "tatoeba")
+    results = evaluate_model(str(minilm), [str(tat)], embedder=minilm_embedder, use_cache=False, show_progress=False)
+    entry = results["tasks"][0]
+    assert entry["name"] == "Tatoeba" and entry["kind"] == "bitext"
+    assert set(entry["languages"]) == {"deu", "fra"}
+    assert entry["main_score"] == pytest.approx(np.mean(list(entry["languages"].values())))
+    only = local_task(tat, languages=["fra"])
+    assert only.hf_subsets == ["fra-eng"]
+
+
+def test_resolve_tasks_names_dirs_and_copies(tmp_path, beir_dir):
+    make_sts(tmp_path / "data" / "sts" / "stsbenchmark")
+    tasks = resolve_tasks(["STSBenchmark", str(beir_dir)], data_dir=tmp_path / "data")
+    assert [t.metadata.name for t in tasks] == ["STSBenchmark", "local:mini_beir"]
+    assert tasks[0].local_path.endswith("stsbenchmark")
+    hub = resolve_tasks(["NFCorpus"])  # no local copy: mteb's own task (data from the hub when it runs)
+    assert hub[0].metadata.name == "NFCorpus" and not hasattr(hub[0], "local_path")
+    with pytest.raises(SynthembedError, match="SciFactt"):
+        resolve_tasks(["SciFactt"])
+
+
+def test_tables_side_by_side_with_the_paper():
+    run = {
+        "tasks": [
+            {"name": "SciFact", "kind": "retrieval", "main_score": 0.6451, "main_score_name": "ndcg_at_10"},
+            {"name": "STSBenchmark", "kind": "sts", "main_score": 0.8203, "main_score_name": "cosine_spearman"},
+            {"name": "SICK-R", "kind": "sts", "main_score": 0.7758, "main_score_name": "cosine_spearman"},
+        ]
+    }
+    run["averages"] = averages(run["tasks"])
+    assert run["averages"]["sts"] == pytest.approx((0.8203 + 0.7758) / 2)
+    assert run["averages"]["average"] == pytest.approx((0.6451 + 0.8203 + 0.7758) / 3)
+    tasks = task_table({"baseline": run})
+    row = tasks.set_index("task").loc["SciFact"]
+    assert row["baseline"] == 64.51 and row["all-MiniLM-L6-v2 (published)"] == 64.51
+    cats = category_table({"baseline": run}).set_index("category")
+    assert cats.loc["retrieval", "E5-mistral full data (paper)"] == 56.9
+    assert cats.loc["sts", "baseline"] == pytest.approx(79.805, abs=0.01)
+    md = to_markdown(tasks)
+    assert md.splitlines()[0].startswith("| task | kind | metric | baseline") and "| SciFact | retrieval |" in md
+
+
+def test_cli_bad_input_fails_clearly_and_writes_nothing(tmp_path, beir_dir, minilm, capsys):
+    out = tmp_path / "r.json"
+    code = main(["evaluate", "--model", str(tmp_path / "no-model"), "--tasks", str(beir_dir), "--out", str(out)])
+    assert code == 2 and "no-model" in capsys.readouterr().err and not out.exists()
+
+    code = main(["evaluate", "--model", str(minilm), "--tasks", "NoSuchTask123", "--out", str(out)])
+    assert code == 2 and "NoSuchTask123" in capsys.readouterr().err and not out.exists()
+
+    code = main(["evaluate", "--model", str(minilm), "--tasks", str(tmp_path / "missing_dir"), "--out", str(out)])
+    assert code == 2 and "missing_dir" in capsys.readouterr().err and not out.exists()
+
+    broken = make_beir(tmp_path / "broken")
+    with (broken / "corpus.jsonl").open("a") as handle:
+        handle.write("{not json\n")
+    cache = tmp_path / "cache"
+    args = ["--model", str(minilm), "--out", str(out), "--cache-dir", str(cache)]
+    code = main(["evaluate", "--tasks", f"{beir_dir},{broken}", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and "corpus.jsonl" in err and "line 7" in err
+    assert not out.exists() and not list(tmp_path.glob(".r.json*"))  # no partial result, no stray temp file
+
+    assert main(["evaluate", "--tasks", str(beir_dir), *args]) == 0
+    written = json.loads(out.read_text())
+    assert [t["name"] for t in written["tasks"]] == ["local:mini_beir"]
+    assert 0 <= written["tasks"][0]["main_score"] <= 1 and written["tasks"][0]["kind"] == "retrieval"
+    code = main(["evaluate", "--tasks", str(beir_dir), *args])  # finished results are not overwritten silently
+    assert code == 2 and "--overwrite" in capsys.readouterr().err
+
+
+def test_find_trained_models_prefers_merged_and_skips_checkpoints(tmp_path):
+    from synthembed.evaluate import find_trained_models
+
+    for sub in ("synthetic/merged", "synthetic/adapter", "synthetic/checkpoints/step-000002", "msmarco/adapter"):
+        (tmp_path / "train" / sub).mkdir(parents=True)
+        (tmp_path / "train" / sub / "synthembed_config.json").write_text("{}")
+    found = find_trained_models(tmp_path / "train")
+    assert found == {"msmarco": tmp_path / "train/msmarco/adapter", "synthetic": tmp_path / "train/synthetic/merged"}
+    assert find_trained_models(tmp_path / "nothing") == {}
