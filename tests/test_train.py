@@ -1,0 +1,194 @@
+"""Training: only LoRA weights train; SIGKILL then --resume gives the losses of an uninterrupted run; the exported
+merged model loads in sentence-transformers and embeds exactly like our Embedder; bad input fails clearly."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from synthembed.cli import main
+from synthembed.data import Example, TrainingPair, write_jsonl
+from synthembed.errors import SynthembedError
+from synthembed.train import BatchPlan, TrainArguments, check_batch_sizes, train
+
+WORDS = "apple river protein gene planet ocean forest music city virus star cell drug mountain".split()
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory):
+    """48 synthetic examples over three task groups (one without hard negatives)."""
+    import random
+
+    rng = random.Random(0)
+    rows = []
+    for i in range(48):
+        task_type = ("short-long", "sts", "short-short")[i % 3]
+        query = " ".join(rng.choice(WORDS) for _ in range(3))
+        rows.append(
+            Example(
+                id=str(i), task_type=task_type, task="Retrieve relevant passages", language="English", query=query,
+                positive=query + " " + " ".join(rng.choice(WORDS) for _ in range(6)),
+                negative=None if task_type == "short-short" else " ".join(rng.choice(WORDS) for _ in range(6)),
+            )
+        )
+    path = tmp_path_factory.mktemp("data") / "examples.jsonl"
+    write_jsonl(path, rows)
+    return path
+
+
+def _args(examples, base, out, **overrides):
+    settings = dict(
+        data=[str(examples)], base_model=str(base), out=str(out), batch_size=8, mini_batch_size=4, max_steps=6,
+        warmup_steps=2, max_len=32, save_every=2, seed=3, progress=False, gradient_checkpointing=False,
+    )
+    settings.update(overrides)
+    return TrainArguments(**settings)
+
+
+def _losses(out):
+    with (out / "train_log.csv").open() as handle:
+        return [(int(r["step"]), float(r["loss"]), float(r["lr"])) for r in csv.DictReader(handle)]
+
+
+def test_batch_sizes_must_divide():
+    assert check_batch_sizes(2048, 64, 32) == (64, 64)
+    assert check_batch_sizes(16, None, 1) == (16, 16)
+    with pytest.raises(SynthembedError, match="number of processes"):
+        check_batch_sizes(10, None, 4)
+    with pytest.raises(SynthembedError, match="--mini-batch-size 3 does not divide"):
+        check_batch_sizes(16, 3, 1)
+
+
+def test_batch_plan_covers_each_epoch_and_groups():
+    pairs = [TrainingPair(query=str(i), positive="p", task_type=("sts", "short-long")[i % 2]) for i in range(20)]
+    plan = BatchPlan(pairs, batch_size=4, seed=0)
+    epoch = [p.query for s in range(plan.steps_per_epoch) for p in plan.batch(s)]
+    assert len(epoch) == len(set(epoch)) == 20
+    assert [p.query for p in plan.batch(5)] != [p.query for p in plan.batch(0)]  # a new permutation each epoch
+    assert [p.query for p in BatchPlan(pairs, 4, seed=0).batch(7)] == [p.query for p in plan.batch(7)]
+    grouped = BatchPlan(pairs, batch_size=4, seed=0, group_by_task_type=True)
+    for s in range(grouped.steps_per_epoch * 2):
+        assert len({p.task_type for p in grouped.batch(s)}) == 1
+    with pytest.raises(SynthembedError, match="do not fill one batch"):
+        BatchPlan(pairs[:3], batch_size=4)
+
+
+@pytest.mark.slow
+def test_only_lora_weights_train_and_schedule(examples, tiny_mistral, tmp_path):
+    from safetensors.torch import load_file
+
+    out = train(_args(examples, tiny_mistral, tmp_path / "run", max_steps=4, no_export=True))
+    trained = load_file(out / "checkpoints" / "step-000004" / "model.safetensors")
+    base = load_file(tiny_mistral / "model.safetensors")
+    lora = {k: v for k, v in trained.items() if "lora_" in k}
+    assert lora and any("lora_B" in k and v.abs().sum() > 0 for k, v in lora.items())  # B starts at zero
+    targets = {k.split(".lora_")[0].split("base_model.model.")[-1] for k in lora}
+    assert {"layers.0.self_attn.q_proj", "layers.1.mlp.down_proj"} <= targets  # all linear layers
+    frozen = {k.replace("base_model.model.", "").replace(".base_layer", ""): v for k, v in trained.items() if "lora_" not in k}
+    assert set(frozen) == set(base)
+    for name, value in base.items():
+        assert (frozen[name] == value).all(), f"{name} changed but is not a LoRA weight"
+    lrs = [lr for _, _, lr in _losses(out)]
+    peak = 1e-4
+    assert lrs == pytest.approx([peak / 3, peak * 2 / 3, peak, peak / 2])  # 2 warm-up steps, linear decay to 0 at 4
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted(examples, tiny_mistral, tmp_path):
+    full = train(_args(examples, tiny_mistral, tmp_path / "full", no_export=True))
+    expected = _losses(full)
+    assert len(expected) == 6 and len({loss for _, loss, _ in expected}) == 6
+
+    killed = tmp_path / "killed"
+    script = textwrap.dedent(f"""
+        import json, os, signal
+        from synthembed.train import TrainArguments, train
+        args = TrainArguments(**json.loads({json.dumps(json.dumps(_args(examples, tiny_mistral, killed, no_export=True).__dict__))}))
+        train(args, on_step=lambda step, loss: step == 5 and os.kill(os.getpid(), signal.SIGKILL))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert [s for s, _, _ in _losses(killed)] == [1, 2, 3, 4, 5]  # step 5 was logged, its checkpoint never written
+    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
+
+    code = main(["train", "--data", str(examples), "--base-model", str(tiny_mistral), "--out", str(killed), "--resume",
+                 "--batch-size", "8", "--mini-batch-size", "4", "--max-steps", "6", "--warmup-steps", "2",
+                 "--max-len", "32", "--save-every", "2", "--seed", "3", "--no-export", "--quiet"])
+    assert code == 0
+    resumed = _losses(killed)
+    assert [s for s, _, _ in resumed] == [1, 2, 3, 4, 5, 6]
+    for (step, loss, lr), (_, want, want_lr) in zip(resumed, expected, strict=True):
+        assert loss == pytest.approx(want, abs=1e-6), f"step {step}"
+        assert lr == pytest.approx(want_lr)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["tiny-mistral-lora", "minilm-full"])
+def test_export_loads_in_sentence_transformers(kind, examples, tiny_mistral, minilm, tmp_path):
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from synthembed.model import load_embedder
+
+    lora = kind.endswith("lora")
+    base = tiny_mistral if kind.startswith("tiny") else minilm
+    out = train(_args(examples, base, tmp_path / "run", max_steps=2, save_every=0, no_lora=not lora, lr=1e-3,
+                      query_task="Retrieve relevant passages"))
+    assert (out / "adapter" / "adapter_config.json").is_file() == lora
+    config = json.loads((out / "merged" / "synthembed_config.json").read_text())
+    assert config["pooling"] == ("last" if lora else "mean") and config["max_len"] == 32
+    texts = ["apple river", "protein gene planet " * 20, "x"]  # the long one is truncated: EOS must survive
+    st = SentenceTransformer(str(out / "merged"), device="cpu")
+    ours = load_embedder(str(out / ("adapter" if lora else "merged")), device="cpu")
+    np.testing.assert_allclose(st.encode(texts), ours.encode_documents(texts, show_progress=False), atol=1e-5)
+    np.testing.assert_allclose(
+        st.encode(texts, prompt_name="query"),
+        ours.encode_queries(texts, task="Retrieve relevant passages", show_progress=False),
+        atol=1e-5,
+    )
+    before = load_embedder(str(base), max_len=32, device="cpu").encode(texts, show_progress=False)
+    assert np.abs(before - st.encode(texts)).max() > 1e-4  # training changed the model
+    if lora:
+        batch = st.tokenize(texts)  # right padding: the last real token sits at mask.sum() - 1
+        last = [int(row[int(mask.sum()) - 1]) for row, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True)]
+        assert last == [st.tokenizer.eos_token_id] * 3  # the merged tokenizer ends every text with EOS itself
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"id": "1"\n', "line 1: not valid JSON"),
+        (json.dumps({"id": "1", "task_type": "sts", "task": "t", "language": "en", "query": "q"}) + "\n", "line 1: positive"),
+        ("", "no examples"),
+    ],
+    ids=["malformed", "missing-field", "empty"],
+)
+def test_bad_examples_file(content, message, tmp_path, capsys):
+    path = tmp_path / "examples.jsonl"
+    path.write_text(content)
+    code = main(["train", "--data", str(path), "--base-model", "nowhere", "--out", str(tmp_path / "o"), "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and str(path) in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_settings(examples, tmp_path, capsys):
+    base = ["train", "--data", str(examples), "--out", str(tmp_path / "o"), "--quiet"]
+    assert main(base + ["--base-model", str(tmp_path / "no-such-model")]) == 2
+    assert "cannot load model" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert main(base + ["--base-model", "x", "--batch-size", "8", "--mini-batch-size", "3"]) == 2
+    assert "--mini-batch-size 3 does not divide" in capsys.readouterr().err
+    assert main(base + ["--base-model", "x", "--resume"]) == 2
+    assert "holds no checkpoint" in capsys.readouterr().err
+    # a finished run is never overwritten: a non-empty --out without --resume is refused and left as it was
+    (tmp_path / "o" / "checkpoints" / "step-000002").mkdir(parents=True)
+    marker = tmp_path / "o" / "checkpoints" / "step-000002" / "trainer_state.json"
+    marker.write_text('{"step": 2}')
+    assert main(base + ["--base-model", "x"]) == 2
+    assert "not empty; pass --resume" in capsys.readouterr().err and marker.read_text() == '{"step": 2}'
