@@ -109,7 +109,163 @@ def generation_plots(stats: dict, out_dir) -> list[Path]:
 # --- evaluation (notebook 04) ------------------------------------------------------------------------------------
 
 
+def _grouped_bars(ax, labels: list[str], series: dict[str, list[float | None]], hatched: set[str] = frozenset()):
+    """Bars grouped per label, one colour per series; missing values leave a gap; hatched series are published numbers."""
+    import numpy as np
+
+    x = np.arange(len(labels))
+    width = 0.8 / max(1, len(series))
+    for i, (name, values) in enumerate(series.items()):
+        heights = [np.nan if v is None else float(v) for v in values]
+        bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, label=name,
+                      hatch="//" if name in hatched else None, alpha=0.6 if name in hatched else 1.0)
+        for bar, value in zip(bars, heights, strict=True):
+            if not np.isnan(value):
+                ax.annotate(f"{value:.1f}", (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom",
+                            fontsize=7, rotation=90 if len(series) * len(labels) > 12 else 0)
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, rotation=20, ha="right")
+    ax.legend(fontsize=8)
+
+
+def plot_task_scores(table, path=None, title: str = "Main score per task (x100), ours beside published"):
+    """Bars per task from `synthembed.evaluate.task_table` (columns after task/kind/metric are runs or published)."""
+    series_names = [c for c in table.columns if c not in ("task", "kind", "metric")]
+    fig, ax = new_figure(max(7.0, 1.2 * len(table) + 3), 4.5)
+    series = {name: [None if v != v else v for v in table[name].tolist()] for name in series_names}  # NaN -> None
+    _grouped_bars(ax, [f"{t}\n({m})" for t, m in zip(table["task"], table["metric"], strict=True)], series,
+                  hatched={n for n in series_names if n.endswith("(published)")})
+    ax.set_ylabel("main score x100")
+    ax.set_title(title)
+    return save(fig, path)
+
+
+def plot_category_scores(table, path=None, title: str = "Average per category (x100) beside the paper's Table 1"):
+    """Bars per category from `synthembed.evaluate.category_table`; the paper's columns hatched (56 MTEB datasets)."""
+    series_names = [c for c in table.columns if c != "category"]
+    fig, ax = new_figure(max(7.0, 1.0 * len(table) * max(1, len(series_names)) / 3 + 3), 4.5)
+    series = {name: [None if v != v else v for v in table[name].tolist()] for name in series_names}
+    _grouped_bars(ax, list(table["category"]), series, hatched={n for n in series_names if n.endswith("(paper)")})
+    ax.set_ylabel("mean main score x100")
+    ax.set_title(title)
+    return save(fig, path)
+
+
 # --- multilingual (notebook 05) ----------------------------------------------------------------------------------
+
+# Colours for the paper's resource groups (multilingual.RESOURCE_GROUPS): high, low, not among its 93.
+_GROUP_COLOURS = {"high": "tab:blue", "low": "tab:orange", "unseen": "tab:gray"}
+
+
+def plot_language_shares(table, top: int = 25, path=None, title: str = "Examples per language: this run vs the paper"):
+    """Bars of a run's language shares beside the paper's (multilingual.language_table), the `top` languages."""
+    import numpy as np
+
+    rows = table.head(top)
+    fig, ax = new_figure(max(7.0, 0.35 * len(rows) + 2), 4.0)
+    x = np.arange(len(rows))
+    ax.bar(x - 0.2, 100 * rows["share"], width=0.4, label="this run")
+    ax.bar(x + 0.2, 100 * rows["paper_share"], width=0.4, label="paper (Figure 2)", color="tab:gray")
+    ax.set_xticks(x, rows.index, rotation=60, ha="right")
+    ax.set_ylabel("share of examples (%)")
+    ax.set_title(title)
+    ax.legend()
+    return save(fig, path)
+
+
+def plot_task_language_heatmap(grid, top: int = 25, path=None, title: str = "Task group by language (examples)"):
+    """Counts per (language, task group) (multilingual.task_group_by_language), each row shaded by its own shares."""
+    rows = grid.head(top)
+    shares = rows.div(rows.sum(axis=1).where(rows.sum(axis=1) > 0, 1), axis=0)
+    fig, ax = new_figure(1.1 * len(rows.columns) + 3, 0.32 * len(rows) + 1.5)
+    image = ax.imshow(shares.values, aspect="auto", cmap="Blues", vmin=0, vmax=1)
+    for i in range(rows.shape[0]):
+        for j in range(rows.shape[1]):
+            value = int(rows.iat[i, j])
+            if value:
+                ax.text(j, i, str(value), ha="center", va="center", fontsize=8,
+                        color="white" if shares.iat[i, j] > 0.6 else "black")  # fmt: skip
+    ax.set_xticks(range(len(rows.columns)), rows.columns, rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)), rows.index)
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="share of the language's examples")
+    return save(fig, path)
+
+
+def plot_verification_rates(rates, path=None, title: str = "Outputs in the requested language"):
+    """Per-language rate at which outputs were in the requested language (multilingual.verification_rates)."""
+    rows = rates.drop(index="all", errors="ignore").dropna(subset=["rate"]).sort_values("rate")
+    fig, ax = new_figure(max(7.0, 0.35 * len(rows) + 2), 4.0)
+    ax.bar(range(len(rows)), 100 * rows["rate"], color="tab:green")
+    for i, (_, row) in enumerate(rows.iterrows()):
+        ax.text(i, 100 * row["rate"] + 1, f"{int(row['checked'])}", ha="center", fontsize=7)
+    if "all" in rates.index and rates.loc["all", "checked"] > 0:
+        ax.axhline(100 * rates.loc["all", "rate"], color="black", linestyle="--", linewidth=1, label="all languages")
+        ax.legend(loc="lower right")
+    ax.set_xticks(range(len(rows)), rows.index, rotation=60, ha="right")
+    ax.set_ylim(0, 110)
+    ax.set_ylabel("in the requested language (%)")
+    ax.set_title(f"{title} (numbers: outputs checked)")
+    return save(fig, path)
+
+
+def plot_text_lengths(lengths, top: int = 20, path=None, title: str = "Text length per language and script"):
+    """Box plots of characters per text (multilingual.text_lengths) for the `top` (language, script) pairs."""
+    counts = lengths.groupby(["language", "script"]).size().sort_values(ascending=False).head(top)
+    fig, ax = new_figure(max(7.0, 0.4 * len(counts) + 2), 4.0)
+    data = [lengths.loc[(lengths["language"] == lang) & (lengths["script"] == script), "chars"] for lang, script in counts.index]
+    ax.boxplot(data, showfliers=False)
+    ax.set_xticks(range(1, len(counts) + 1), [f"{lang} ({script})" for lang, script in counts.index], rotation=60, ha="right")
+    ax.set_yscale("log")
+    ax.set_ylabel("characters per text")
+    ax.set_title(title)
+    return save(fig, path)
+
+
+def plot_scores_by_language(scores, reference: float | None = None, reference_label: str = "", path=None,
+                            title: str = "Bitext mining F1 by language"):  # fmt: skip
+    """Per-language scores (multilingual.language_scores), best first, Latin-script languages in one colour and the
+    rest in another; `reference` draws a published mean as a line."""
+    rows = scores.sort_values("score", ascending=False)
+    latin = (rows["script"] == "Latn").to_numpy()
+    fig, ax = new_figure(max(7.0, 0.12 * len(rows) + 3), 4.0)
+    x = range(len(rows))
+    ax.bar(x, rows["score"], color=["tab:blue" if is_latin else "tab:red" for is_latin in latin])
+    ax.bar([], [], color="tab:blue", label="Latin script")
+    ax.bar([], [], color="tab:red", label="other scripts")
+    ax.axhline(rows["score"].mean(), color="black", linewidth=1, label=f"our mean {rows['score'].mean():.2f}")
+    if reference is not None:
+        ax.axhline(reference, color="black", linestyle="--", linewidth=1, label=reference_label or f"published {reference}")
+    ax.set_xticks(list(x), rows["code"], rotation=90, fontsize=6 if len(rows) > 40 else 8)
+    ax.set_ylabel("F1 (x100)")
+    ax.set_title(title)
+    ax.legend()
+    return save(fig, path)
+
+
+def plot_score_vs_share(scores, path=None, title: str = "Score against the language's share of training data"):
+    """Scatter of per-language score against training share (multilingual.join_shares), by resource group; languages
+    with no training data sit at the left edge. Labels name each point's code."""
+    import numpy as np
+
+    fig, ax = new_figure(7.0, 4.5)
+    shares = scores["train_share"].to_numpy(dtype=float)
+    floor = shares[shares > 0].min() / 3 if (shares > 0).any() else 1e-4
+    x = np.where(shares > 0, shares, floor)
+    for group, colour in _GROUP_COLOURS.items():
+        chosen = (scores["group"] == group).to_numpy()
+        if chosen.any():
+            ax.scatter(100 * x[chosen], scores["score"].to_numpy()[chosen], color=colour, label=group, s=18)
+    if len(scores) <= 40:
+        for xi, yi, code in zip(100 * x, scores["score"], scores["code"], strict=True):
+            ax.annotate(code, (xi, yi), fontsize=7, xytext=(2, 2), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("share of training data (%, log; none at the left edge)")
+    ax.set_ylabel("score (x100)")
+    ax.set_title(title)
+    ax.legend(title="resource group")
+    return save(fig, path)
+
 
 
 # --- long context (notebook 06) ----------------------------------------------------------------------------------
