@@ -76,6 +76,7 @@ def test_generate_cli_errors_are_clear(tmp_path):
     assert bad.returncode == 2 and "unknown task type" in bad.stderr and "Traceback" not in bad.stderr
     no_key = _cli("generate", "--out", tmp_path / "y", env=_env())
     assert no_key.returncode == 2 and "OPENAI_API_KEY" in no_key.stderr
+    assert not (tmp_path / "y").exists()  # a run that could not start leaves nothing behind
     replay = _cli("generate", "--out", tmp_path / "z", "--backend", "replay", env=_env())
     assert replay.returncode == 2 and "--cache" in replay.stderr
     missing = _cli("stats", tmp_path / "nothing", env=_env())

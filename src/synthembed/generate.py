@@ -234,7 +234,7 @@ def read_config(out: str | Path) -> dict[str, Any] | None:
 
 
 def _check_out_dir(out: Path, config: GenerateConfig) -> bool:
-    """Prepare `out`; True when it already holds a run of this config (resume). A different config, or a folder that
+    """True when `out` already holds a run of this config (resume). A different config, or a folder that
     holds something else, is an error and nothing in it is touched."""
     existing = read_config(out)
     if existing is not None:
@@ -250,7 +250,6 @@ def _check_out_dir(out: Path, config: GenerateConfig) -> bool:
         return True
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SynthembedError(f"{out} exists and is not a generation run (no {CONFIG_FILE}); choose an empty or new --out")
-    out.mkdir(parents=True, exist_ok=True)
     return False
 
 
@@ -560,11 +559,12 @@ def generate(
                                                                           if backend_name == "openai" else None)),
                "concurrency": concurrency, "max_cost": max_cost, "cache": str(cache_path), "timeout": timeout,
                "stand_in": stand_in}
-    _write_json_atomic(out / CONFIG_FILE, {"plan": config.as_dict(), "runtime": runtime})
-    if isinstance(backend, str):
+    if isinstance(backend, str):  # before anything is written: a missing key leaves no half-made run behind
         model_arg = config.model if backend == "transformers" else None
         backend = make_backend(backend, model=model_arg, base_url=base_url, concurrency=concurrency,
                                timeout=timeout, batch_size=batch_size, max_new_tokens=config.max_tokens or 1024)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(out / CONFIG_FILE, {"plan": config.as_dict(), "runtime": runtime})
     response_cache = ResponseCache(cache_path)
     if response_cache.get_meta("config") is None:
         response_cache.set_meta("config", json.dumps(config.as_dict()))
