@@ -63,6 +63,39 @@ def test_lengths_hit_their_targets(tokenizer, tiny_mistral, length):
         assert [len(ids) for ids in emb.token_ids([d.text for d in pset.documents])] == [c + 1 for c in counted]
 
 
+def _sentencepiece_layout_tokenizer():
+    """A tokenizer laid out like Llama / Mistral's tokenizer.json: a '▁' normalizer, BPE with byte fallback, BOS added."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = list(passkey.FILLER_SENTENCES) + [
+        f"{f} {s}'s pass key is 12345." for f in passkey.FIRST_NAMES for s in "AB"
+    ]
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=600, special_tokens=specials, show_progress=False))
+    tok.pre_tokenizer = None  # as in Mistral's file: the normalizer marks the spaces, BPE sees one sequence
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "sentencepiece-layout"])
+def test_lengths_hit_their_targets_with_other_tokenizer_families(kind, minilm):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(minilm) if kind == "wordpiece" else _sentencepiece_layout_tokenizer()
+    for length in (100, 777):
+        pset = make_passkey_set(tok, length, n_queries=3, n_candidates=12, seed=5)
+        counted = [len(tok(d.text)["input_ids"]) for d in pset.documents]  # [CLS] ... [SEP] or <s> ...
+        assert all(abs(c - length) <= 4 for c in counted), counted
+        assert all(d.text[d.needle_start : d.needle_end].startswith(d.name) for d in pset.documents)
+
+
 def test_needle_positions_are_spread_over_the_document(tokenizer):
     pset = make_passkey_set(tokenizer, 1024, n_queries=5, n_candidates=40, seed=0)
     where = [d.needle_start / len(d.text) for d in pset.documents]
@@ -193,6 +226,8 @@ def test_lemb_passkey_is_reported_unavailable_offline(monkeypatch, tmp_path):
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache: the data cannot be there
     available, reason = passkey.lemb_passkey_status()
     assert not available and "offline" in reason and "not in the local Hugging Face cache" in reason
+    with pytest.raises(SynthembedError, match="LEMBPasskeyRetrieval is not available: offline"):
+        passkey.run_lemb_passkey(None, name="m", lengths=[256])
 
 
 def test_count_tokens_includes_bos(tokenizer):

@@ -437,6 +437,7 @@ def run_passkey_grid(
     device: str | None = None,
     dtype: str | None = None,
     show_progress: bool = True,
+    attn_implementation: str = "sdpa",
 ) -> PasskeyGrid:
     """Top-1 passkey accuracy of `model` for every setting and length.
 
@@ -463,7 +464,12 @@ def run_passkey_grid(
                        n_candidates=n_candidates, seed=seed)  # fmt: skip
     for setting in settings:
         emb = load_embedder(
-            model, max_len=lengths[-1] + 8, device=device, dtype=dtype, config_overrides=setting.overrides()
+            model,
+            max_len=lengths[-1] + 8,
+            device=device,
+            dtype=dtype,
+            config_overrides=setting.overrides(),
+            attn_implementation=attn_implementation,
         )
         effective = effective_settings(emb)
         _check_took_effect(setting, effective)
@@ -601,6 +607,9 @@ def configure_passkey_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens-per-batch", type=int, default=32768, help="tokens per encoding batch")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16 (default: bf16 on CUDA, float32 on CPU)")
+    parser.add_argument(
+        "--attn", default="sdpa", help="attention implementation: sdpa (default) or flash_attention_2 where installed"
+    )
 
 
 def run_passkey_command(args: argparse.Namespace) -> int:
@@ -620,6 +629,7 @@ def run_passkey_command(args: argparse.Namespace) -> int:
         max_tokens_per_batch=args.max_tokens_per_batch,
         device=args.device,
         dtype=args.dtype,
+        attn_implementation=args.attn,
     )
     path = grid.save(out)
     from .plots import plot_passkey_heatmap, plot_passkey_lines
