@@ -27,7 +27,7 @@ PROFILES = ("smoke", "default", "paper")
 # Parameters the study itself supplies to every notebook; each notebook's parameters cell must declare them.
 INJECTED = ("run_dir", "profile")
 # papermill records parameters inside the executed notebook, so nothing secret may ever be one.
-_SECRET = re.compile(r"(api_?key|secret|token|password)", re.IGNORECASE)
+_SECRET = re.compile(r"(api_?key|secret|password|passwd|(^|_)token$)", re.IGNORECASE)  # not max_tokens
 
 
 def notebooks_dir() -> Path:
