@@ -192,3 +192,16 @@ def test_bad_settings(examples, tmp_path, capsys):
     marker.write_text('{"step": 2}')
     assert main(base + ["--base-model", "x"]) == 2
     assert "not empty; pass --resume" in capsys.readouterr().err and marker.read_text() == '{"step": 2}'
+
+
+def test_launch_configs_parse():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from synthembed.paths import repo_root
+
+    configs = repo_root() / "configs"
+    kinds = {p.stem: load_config_from_file(str(p)).distributed_type.value for p in configs.glob("*.yaml")}
+    assert kinds == {"cpu": "NO", "single_gpu": "NO", "ddp": "MULTI_GPU", "deepspeed_zero3": "DEEPSPEED", "fsdp": "FSDP"}
+    ds = load_config_from_file(str(configs / "deepspeed_zero3.yaml")).deepspeed_config
+    zero = json.loads((repo_root() / ds["deepspeed_config_file"]).read_text())["zero_optimization"]
+    assert zero["stage"] == 3 and zero["stage3_gather_16bit_weights_on_model_save"]

@@ -651,3 +651,37 @@ def _append_eos_in_tokenizer(tokenizer) -> None:
     tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
         single=single, pair=f"{single} $B:1 {eos}:1", special_tokens=special
     )
+
+
+# --- notebook helpers --------------------------------------------------------------------------------------------------
+
+
+def train_or_resume(args: TrainArguments, on_step=None) -> Path:
+    """Train into args.out; continue from its latest checkpoint when one is there; reuse it as is when its export is
+    complete. Lets a notebook be re-run over the same run directory without refusing or repeating finished work."""
+    out = Path(args.out)
+    if (out / "merged" / "synthembed_config.json").is_file():
+        print(f"[train] {out} already holds a finished run; reusing it")
+        return out
+    return train(dataclasses.replace(args, resume=latest_checkpoint(out) is not None), on_step=on_step)
+
+
+def pair_similarities(model: str, pairs: list[TrainingPair], max_len: int | None = None):
+    """Cosine similarity of every query with every pair's positive, (n, n): the diagonal holds the true pairs.
+
+    >>> # pair_similarities("runs/interactive/train/minilm/merged", pairs[:8]).diagonal()
+    """
+    from .model import load_embedder
+
+    emb = load_embedder(model, max_len=max_len, device="cpu")
+    q_reps = emb.encode([p.query for p in pairs], show_progress=False)  # (n, D)
+    p_reps = emb.encode([p.positive for p in pairs], show_progress=False)  # (n, D)
+    return q_reps @ p_reps.T  # (n, n)
+
+
+def top1_accuracy(similarities) -> float:
+    """Share of queries (rows) whose own positive (the diagonal) scores highest."""
+    import numpy as np
+
+    similarities = np.asarray(similarities)
+    return float((similarities.argmax(axis=1) == np.arange(len(similarities))).mean())
