@@ -106,6 +106,57 @@ def generation_plots(stats: dict, out_dir) -> list[Path]:
 # --- training (notebook 03) --------------------------------------------------------------------------------------
 
 
+def plot_training_log(log, path: str | Path | None = None, title: str = "training"):
+    """Loss per step (raw and a moving average) with the learning rate on a second axis, and throughput beside it.
+
+    `log` is train_log.csv as a DataFrame or its path (columns step, loss, lr, tokens_per_s, ...).
+
+    >>> fig = plot_training_log("runs/interactive/train/tiny/train_log.csv")  # doctest: +SKIP
+    """
+    import pandas as pd
+
+    frame = pd.read_csv(log) if isinstance(log, str | Path) else pd.DataFrame(log)
+    fig, (ax, right) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [2, 1]})
+    ax.plot(frame["step"], frame["loss"], color="tab:blue", alpha=0.35, label="loss")
+    window = max(1, len(frame) // 10)
+    ax.plot(frame["step"], frame["loss"].rolling(window, min_periods=1).mean(), color="tab:blue",
+            label=f"loss, mean of {window}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("InfoNCE loss")
+    ax.set_title(title)
+    lr_ax = ax.twinx()
+    lr_ax.plot(frame["step"], frame["lr"], color="tab:orange", linestyle="--", label="learning rate")
+    lr_ax.set_ylabel("learning rate")
+    lines = ax.get_legend_handles_labels()
+    more = lr_ax.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper right", fontsize=8)
+    right.plot(frame["step"], frame["tokens_per_s"], color="tab:green")
+    right.set_xlabel("step")
+    right.set_ylabel("tokens / s")
+    right.set_title("throughput")
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def plot_similarity_shift(before, after, labels: list[str] | None = None, path: str | Path | None = None):
+    """Query-document cosine similarities before and after training, side by side (rows: queries, columns: documents;
+    the diagonal holds each query's own positive)."""
+    import numpy as np
+
+    before, after = np.asarray(before), np.asarray(after)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    low, high = float(min(before.min(), after.min())), float(max(before.max(), after.max()))
+    for ax, matrix, name in zip(axes, (before, after), ("before training", "after training"), strict=True):
+        image = ax.imshow(matrix, vmin=low, vmax=high, cmap="viridis")
+        ax.set_title(name)
+        ax.set_xlabel("document (positive of query j)")
+        ax.set_ylabel("query")
+        if labels:
+            ax.set_yticks(range(len(labels)), [label[:30] for label in labels], fontsize=7)
+    fig.colorbar(image, ax=axes, fraction=0.025, label="cosine similarity")
+    return save(fig, path)
+
+
 # --- evaluation (notebook 04) ------------------------------------------------------------------------------------
 
 
