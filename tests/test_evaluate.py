@@ -181,6 +181,19 @@ def test_embedding_cache_reuses_only_the_same_model(beir_dir, minilm, minilm_emb
     assert changed["embedding_cache"]["hits"] == 0
 
 
+def test_rerun_from_cache_never_loads_the_model(beir_dir, minilm, tmp_path):
+    """Re-running the same model is answered from its cached embeddings without loading the weights; other load
+    settings (another pooling) make another hash and encode afresh."""
+    first = evaluate_model(str(minilm), [str(beir_dir)], cache_dir=tmp_path, show_progress=False)
+    again = evaluate_model(str(minilm), [str(beir_dir)], cache_dir=tmp_path, show_progress=False)
+    assert first["model_loaded"] is True and again["model_loaded"] is False
+    assert again["embedding_cache"] == {"hits": 2, "misses": 0}
+    assert again["tasks"][0]["scores"]["scores"] == first["tasks"][0]["scores"]["scores"]
+    other = evaluate_model(str(minilm), [str(beir_dir)], cache_dir=tmp_path, pooling="cls", show_progress=False)
+    assert other["model_hash"] != first["model_hash"] and other["embedding_cache"]["hits"] == 0
+    assert other["pooling"] == "cls" and first["pooling"] == "mean"
+
+
 def test_cache_file_round_trip(tmp_path):
     cache = EmbeddingCache(tmp_path, "abc" * 20)
     reps = np.arange(6, dtype=np.float32).reshape(3, 2)

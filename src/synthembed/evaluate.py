@@ -149,12 +149,30 @@ def _model_dirs(name_or_path: str) -> list[Path]:
     return dirs
 
 
-def model_fingerprint(name_or_path: str, embedder, memo: dict[str, Any] | None = None) -> str:
-    """A content hash of a model as it encodes: its files' bytes (or, for a model with no local files, its weights),
-    its effective config (overrides included), pooling, max length and EOS handling.
+def _code_hash() -> str:
+    """sha256 of the code that turns text into embeddings (model.py, pooling.py, data.format_query): a change to it
+    must not be answered from embeddings the old code made."""
+    from . import data, model, pooling
 
-    >>> model_fingerprint("all-MiniLM-L6-v2", load_embedder("all-MiniLM-L6-v2"))[:12]  # doctest: +SKIP
-    '3f1c...'
+    digest = hashlib.sha256()
+    for module in (model, pooling, data):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()
+
+
+def model_fingerprint(
+    name_or_path: str,
+    embedder=None,
+    memo: dict[str, Any] | None = None,
+    load_settings: dict[str, Any] | None = None,
+) -> str:
+    """A content hash of a model as it encodes: its files' bytes (the base model's too, for an adapter), and either the
+    loaded model's effective settings (config with overrides, pooling, max length, EOS handling, dtype) or, before
+    loading, the settings it will be loaded with plus the hash of our loading and pooling code. A model with no local
+    files (a hub id not in the local cache) is hashed by its loaded weights.
+
+    >>> model_fingerprint("all-MiniLM-L6-v2", load_settings={"pooling": None, "max_len": None})[:12]  # doctest: +SKIP
+    '3f1c0d9e2b7a'
     """
     memo = {} if memo is None else memo
     digest = hashlib.sha256()
@@ -163,20 +181,58 @@ def model_fingerprint(name_or_path: str, embedder, memo: dict[str, Any] | None =
         for directory in dirs:
             for file in sorted(p for p in directory.rglob("*") if p.is_file() and ".cache" not in p.parts):
                 digest.update(f"{file.relative_to(directory)}\0{_file_sha256(file, memo)}\n".encode())
-    else:
+    elif embedder is not None:
         import torch
 
         for key, tensor in sorted(embedder.model.state_dict().items()):
             digest.update(key.encode())
             digest.update(tensor.detach().to("cpu", torch.float32).numpy().tobytes())
-    config = getattr(embedder.model, "config", None)
-    settings = {
-        "settings": embedder.settings() if hasattr(embedder, "settings") else {},
-        "config": json.loads(config.to_json_string()) if config is not None else {},
-        "dtype": str(next(embedder.model.parameters()).dtype),
-    }
+    else:
+        raise SynthembedError(f"model {name_or_path}: no local files to hash; load it first")
+    if embedder is not None:
+        config = getattr(embedder.model, "config", None)
+        settings = {
+            "settings": embedder.settings() if hasattr(embedder, "settings") else {},
+            "config": json.loads(config.to_json_string()) if config is not None else {},
+            "dtype": str(next(embedder.model.parameters()).dtype),
+        }
+    else:
+        settings = {"load": load_settings or {}, "code": _code_hash()}
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return digest.hexdigest()
+
+
+class LazyEmbedder:
+    """Loads the model on first use: a re-run whose embeddings are all cached never loads the weights at all.
+
+    >>> emb = LazyEmbedder("all-MiniLM-L6-v2", {"device": "cpu"}); emb.loaded  # doctest: +SKIP
+    False
+    """
+
+    def __init__(self, name_or_path: str, load_kwargs: dict[str, Any]):
+        self.name_or_path = name_or_path
+        self.load_kwargs = load_kwargs
+        self._embedder = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._embedder is not None
+
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            from .model import load_embedder
+
+            self._embedder = load_embedder(self.name_or_path, **self.load_kwargs)
+        return self._embedder
+
+    def encode(self, texts, **kwargs) -> np.ndarray:
+        return self.embedder.encode(texts, **kwargs)
+
+    def __getattr__(self, name: str):  # model, tokenizer, pooling, max_len, dimension, ...: load, then delegate
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.embedder, name)
 
 
 # --- embedding cache ------------------------------------------------------------------------------------------------
@@ -266,20 +322,19 @@ def _make_wrapper_class():
             self.cache = cache
             self.show_progress = show_progress
             self.encoded_texts = 0
-            params = sum(p.numel() for p in embedder.model.parameters())
-            # the revision is the content hash: anything mteb keys by (name, revision) follows the model's content
-            self.mteb_model_meta = ModelMeta.create_empty(
-                {
-                    "name": _meta_name(name),
-                    "revision": model_hash[:40] or "unknown",
-                    "n_parameters": int(params),
-                    "embed_dim": int(embedder.dimension),
-                    "max_tokens": int(embedder.max_len),
-                    "similarity_fn_name": ScoringFunction.COSINE,  # our embeddings are L2-normalized
-                    "use_instructions": instructions,
-                    "framework": ["PyTorch"],
-                }
-            )
+            meta = {
+                "name": _meta_name(name),
+                # the revision is the content hash: anything mteb keys by (name, revision) follows the model's content
+                "revision": model_hash[:40] or "unknown",
+                "similarity_fn_name": ScoringFunction.COSINE,  # our embeddings are L2-normalized
+                "use_instructions": instructions,
+                "framework": ["PyTorch"],
+            }
+            if getattr(embedder, "loaded", True):  # sizes only where known without loading a lazy model
+                meta["n_parameters"] = int(sum(p.numel() for p in embedder.model.parameters()))
+                meta["embed_dim"] = int(embedder.dimension)
+                meta["max_tokens"] = int(embedder.max_len)
+            self.mteb_model_meta = ModelMeta.create_empty(meta)
 
         def instruction(self, task_metadata, prompt_type) -> str | None:
             """The instruction for this side of this task, or None (documents; models evaluated without)."""
@@ -330,16 +385,28 @@ def _meta_name(name: str) -> str:
     return name if "/" in name else f"local/{name}"
 
 
-def uses_instructions(name_or_path: str, embedder) -> bool:
-    """The "auto" rule: our exports say whether they were trained with instructions; otherwise decoder-only models
-    (E5-mistral style) get them and encoder models (BERT-like, sentence-transformers) do not."""
-    config = Path(resolve_model_path(name_or_path)) / "synthembed_config.json"
+def uses_instructions(name_or_path: str, embedder=None) -> bool:
+    """The "auto" rule: our exports say whether they were trained with instructions (synthembed_config.json; trained
+    by us means yes unless it says `"instructions": false`); otherwise decoder-only models (E5-mistral style) get them
+    and encoder models (BERT-like, sentence-transformers) do not. Reads configs only, never the weights."""
+    resolved = Path(resolve_model_path(name_or_path))
+    config = resolved / "synthembed_config.json"
     if config.is_file():
-        saved = json.loads(config.read_text())
-        if "instructions" in saved:
-            return bool(saved["instructions"])
-        return True  # trained by us: queries carried instructions
-    return bool(getattr(embedder, "append_eos", False))
+        return bool(json.loads(config.read_text()).get("instructions", True))
+    if embedder is not None and getattr(embedder, "loaded", True):
+        return bool(getattr(embedder, "append_eos", False))
+    from transformers import AutoConfig
+
+    from .model import is_decoder_only
+
+    source = str(resolved)
+    adapter = resolved / "adapter_config.json"
+    if adapter.is_file():
+        source = resolve_model_path(json.loads(adapter.read_text()).get("base_model_name_or_path") or source)
+    try:
+        return is_decoder_only(AutoConfig.from_pretrained(source))
+    except OSError as err:
+        raise SynthembedError(f"cannot load model {name_or_path!r}: {str(err).splitlines()[0]}") from None
 
 
 # --- tasks ------------------------------------------------------------------------------------------------------
@@ -527,15 +594,27 @@ def evaluate_model(
     names = [str(t) for t in tasks if isinstance(t, str | os.PathLike)]
     resolved = task_objects + (resolve_tasks(names, data_dir, limit=limit, languages=languages) if names else [])
 
-    if embedder is None:
-        from .model import load_embedder
-
-        if _looks_like_path(model) and not Path(model).expanduser().exists():
-            raise SynthembedError(f"model {model} does not exist")
-        embedder = load_embedder(model, pooling=pooling, max_len=max_len, device=device)
     memo_path = (Path(cache_dir) if cache_dir else default_cache_dir()) / "file_hashes.json"
     memo = _read_memo(memo_path)
-    model_hash = model_fingerprint(model, embedder, memo)
+    if embedder is None:
+        if _looks_like_path(model) and not Path(model).expanduser().exists():
+            raise SynthembedError(f"model {model} does not exist")
+        import torch
+
+        from .model import default_device, load_embedder
+
+        device_type = torch.device(device).type if device else default_device().type
+        load_kwargs = {"pooling": pooling, "max_len": max_len, "device": device}
+        if use_cache and _model_dirs(model):
+            # files on disk: hash them and the load settings, load the weights only if some text is not cached yet
+            load_settings = {**load_kwargs, "device": device_type}
+            model_hash = model_fingerprint(model, memo=memo, load_settings=load_settings)
+            embedder = LazyEmbedder(model, load_kwargs)
+        else:
+            embedder = load_embedder(model, **load_kwargs)
+            model_hash = model_fingerprint(model, embedder, memo)
+    else:
+        model_hash = model_fingerprint(model, embedder, memo)
     _write_memo(memo_path, memo)
     with_instructions = instructions == "on" or (instructions == "auto" and uses_instructions(model, embedder))
     cache = EmbeddingCache(cache_dir or default_cache_dir(), model_hash) if use_cache else None
@@ -579,8 +658,10 @@ def evaluate_model(
         "model_hash": model_hash,
         "instructions": with_instructions,
         "instruction_overrides": dict(overrides or {}),
-        "pooling": getattr(embedder, "pooling", None),
-        "max_len": getattr(embedder, "max_len", None),
+        # as loaded; None where every embedding came from the cache and the model was never loaded
+        "pooling": embedder.pooling if getattr(embedder, "loaded", True) else None,
+        "max_len": embedder.max_len if getattr(embedder, "loaded", True) else None,
+        "model_loaded": bool(getattr(embedder, "loaded", True)),
         "mteb_version": mteb.__version__,
         "tasks": entries,
         "averages": averages(entries),
@@ -814,6 +895,7 @@ __all__ = [
     "PAPER_TABLE1",
     "PUBLISHED",
     "EmbeddingCache",
+    "LazyEmbedder",
     "averages",
     "category_table",
     "content_hash",

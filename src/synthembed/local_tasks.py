@@ -105,6 +105,17 @@ def content_hash(path: str | Path) -> str:
 # --- loaders: files -> the dataset structure each mteb abstract class expects -------------------------------------
 
 
+def spread(rows: list, n: int) -> list:
+    """`n` rows evenly spaced through `rows`, in order: files sorted by label or score still give a mixed subset.
+
+    >>> spread(list(range(10)), 3)
+    [0, 3, 6]
+    """
+    if n >= len(rows):
+        return list(rows)
+    return [rows[(i * len(rows)) // n] for i in range(n)]
+
+
 def _load_retrieval(path: Path, split: str, limit: int | None) -> dict[str, Any]:
     """{"default": {split: RetrievalSplitData}}; with `limit`, the first `limit` queries and a corpus cut to their
     relevant documents plus the first 20 * limit others (small, fast, still a real ranking problem)."""
@@ -147,7 +158,7 @@ def _load_sts(path: Path, split: str, limit: int | None):
 
     rows = read_sts(_sts_file(path))
     if limit:
-        rows = rows[:limit]
+        rows = spread(rows, limit)
     if not rows:
         raise SynthembedError(f"{_sts_file(path)}: no sentence pairs")
     s1, s2, scores = zip(*rows, strict=True)
@@ -172,7 +183,7 @@ def _load_classification(path: Path, split: str, limit: int | None):
     train = read_classification(path / "train.csv")
     test = read_classification(path / f"{split}.csv")
     if limit:
-        train, test = train[: 4 * limit], test[:limit]
+        train, test = spread(train, 4 * limit), spread(test, limit)
     if not train or not test:
         raise SynthembedError(f"{path}: train.csv and {split}.csv need at least one row each")
     ids = label_ids([c for _, c in train] + [c for _, c in test])
@@ -286,7 +297,8 @@ def local_task(
         name: the official mteb task this folder is a copy of (default: guessed from the folder name); a name mteb does
             not know names a task built on the abstract class of its kind.
         limit: a small subset for quick runs: the first `limit` queries (retrieval, corpus cut to their relevant
-            documents + 20 * limit others), pairs (STS), test rows (classification; train 4 * limit) or lines per language.
+            documents + 20 * limit others), `limit` pairs spread through the file (STS), `limit` test rows and
+            4 * limit train rows spread through the files (classification), or the first `limit` lines per language.
 
     Example:
         >>> task = local_task("../shared/data/sts/stsbenchmark")  # doctest: +SKIP

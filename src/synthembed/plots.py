@@ -176,7 +176,7 @@ def _grouped_bars(ax, labels: list[str], series: dict[str, list[float | None]], 
                             fontsize=7, rotation=90 if len(series) * len(labels) > 12 else 0)
     ax.set_xticks(x)
     ax.set_xticklabels(labels, rotation=20, ha="right")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a bar
 
 
 def plot_task_scores(table, path=None, title: str = "Main score per task (x100), ours beside published"):
