@@ -257,7 +257,7 @@ def test_resolve_tasks_names_dirs_and_copies(tmp_path, beir_dir):
     assert tasks[0].local_path.endswith("stsbenchmark")
     hub = resolve_tasks(["NFCorpus"])  # no local copy: mteb's own task (data from the hub when it runs)
     assert hub[0].metadata.name == "NFCorpus" and not hasattr(hub[0], "local_path")
-    with pytest.raises(SynthembedError, match="SciFactt"):
+    with pytest.raises(SynthembedError, match="SciFactt.*Did you mean.*SciFact"):
         resolve_tasks(["SciFactt"])
 
 
@@ -320,3 +320,22 @@ def test_find_trained_models_prefers_merged_and_skips_checkpoints(tmp_path):
     found = find_trained_models(tmp_path / "train")
     assert found == {"msmarco": tmp_path / "train/msmarco/adapter", "synthetic": tmp_path / "train/synthetic/merged"}
     assert find_trained_models(tmp_path / "nothing") == {}
+
+
+def test_flores_layout_mines_each_language_against_english(tmp_path, minilm_embedder, minilm):
+    devtest = tmp_path / "flores200" / "devtest"
+    devtest.mkdir(parents=True)
+    lines = {
+        "eng_Latn": ["Good morning.", "Where is the station?", "I like green tea."],
+        "deu_Latn": ["Guten Morgen.", "Wo ist der Bahnhof?", "Ich mag grünen Tee."],
+        "spa_Latn": ["Buenos días.", "¿Dónde está la estación?", "Me gusta el té verde."],
+    }
+    for code, text in lines.items():
+        (devtest / f"{code}.devtest").write_text("\n".join(text) + "\n")
+    task = local_task(tmp_path / "flores200", languages=["deu", "spa_Latn"])
+    assert task.metadata.name == "FloresBitextMining"
+    assert task.hf_subsets == ["deu_Latn-eng_Latn", "spa_Latn-eng_Latn"]
+    results = evaluate_model(str(minilm), [task], embedder=minilm_embedder, use_cache=False, show_progress=False)
+    entry = results["tasks"][0]
+    assert set(entry["languages"]) == {"deu_Latn", "spa_Latn"}
+    assert all(0.0 <= v <= 1.0 for v in entry["languages"].values())

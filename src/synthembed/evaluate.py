@@ -466,8 +466,8 @@ def resolve_tasks(
         try:
             tasks.append(mteb.get_task(entry))
             continue
-        except (KeyError, ValueError):
-            pass
+        except (KeyError, ValueError) as err:
+            task_error = str(err).strip("'\"")
         try:
             for task in mteb.get_benchmark(entry).tasks:  # members with a local copy are read from it
                 member = LOCAL_COPIES.get(task.metadata.name)
@@ -477,12 +477,12 @@ def resolve_tasks(
             continue
         except (KeyError, ValueError):
             pass
-        import difflib
-
-        known = [t.metadata.name for t in mteb.get_tasks()] + [b.name for b in mteb.get_benchmarks()]
-        close = difflib.get_close_matches(entry, known, n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise SynthembedError(f"unknown task {entry!r}: neither a directory nor an mteb task or benchmark{hint}")
+        # mteb's own message carries its suggestion ("Did you mean: 'SciFact'?")
+        hint = task_error.split("not found.", 1)[1].strip() if "not found." in task_error else ""
+        raise SynthembedError(
+            f"unknown task {entry!r}: neither a directory nor an mteb task or benchmark"
+            + (f" ({hint})" if hint else "")
+        )
     if not tasks:
         raise SynthembedError("no tasks given")
     unique = {}
