@@ -5,6 +5,7 @@ code -> language mapping for every benchmark file, and per-language score tables
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -226,3 +227,31 @@ def test_language_scores_table():
     beside = published_beside(tatoeba, {"deu": 7.89, "fra": 8.17})
     assert beside.to_dict("records") == [{"code": "deu", "language": "German", "ours": 50.0, "published": 7.89,
                                           "difference": pytest.approx(42.11)}]  # fmt: skip
+
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_notebook_05_smoke(smoke_study):
+    """Notebook 05's recorded numbers agree with the run it read and with the scores it wrote."""
+    from synthembed.study import load_profile
+
+    run_dir, results = smoke_study
+    numbers = results["05_multilingual"]
+    generation_dir = numbers["generation_dir"]
+    table = language_table(generation_dir)
+    assert numbers["counts"] == table["count"].to_dict()
+    assert numbers["examples"] == sum(numbers["counts"].values()) > 0
+    stats = json.loads((Path(generation_dir) / "stats.json").read_text())  # generate.py's own count
+    assert {k: v for k, v in numbers["counts"].items() if v} == stats["by_language"]
+    assert numbers["verification_rate"] == pytest.approx(verification_rates(generation_dir).loc["all", "rate"])
+    assert numbers["stand_in"] is True
+    params = load_profile("smoke")["05_multilingual"]
+    assert sorted(numbers["tatoeba_baseline"]) == sorted(params["tatoeba_languages"].split(","))
+    assert numbers["tatoeba_baseline_latin"] > numbers["tatoeba_baseline_non_latin"]
+    scores = pd.read_csv(run_dir / "multilingual" / "bitext_scores.csv")
+    baseline = scores[(scores["model"] == "baseline") & (scores["benchmark"] == "Tatoeba")]
+    assert dict(zip(baseline["code"], baseline["score"].round(4), strict=True)) == pytest.approx(
+        numbers["tatoeba_baseline"], abs=1e-4
+    )
+    assert (scores["pairs"] <= params["limit"]).all()  # Tatoeba's Amharic has only 168 pairs
+    assert scores.loc[scores["code"] == "deu", "pairs"].tolist() == [params["limit"]] * 2  # Tatoeba and FLORES
