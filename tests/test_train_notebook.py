@@ -1,0 +1,25 @@
+"""Notebook 03 in the smoke profile: both models trained, exported, and loadable the same way by sentence-transformers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_train_notebook(smoke_study):
+    run_dir, results = smoke_study
+    numbers = results["03_train"]
+    assert numbers["pairs"] >= 8
+    for name in ("tiny-mistral", "minilm"):
+        model = numbers[name]
+        assert model["steps"] == 24
+        assert model["st_max_abs_diff"] < 1e-5  # SentenceTransformer(merged) == our Embedder
+        assert (Path(model["merged"]) / "modules.json").is_file()
+        assert (Path(model["adapter"]) / "adapter_config.json").is_file()
+        assert (Path(run_dir) / "train" / name / "train_log.csv").is_file()
+    # MiniLM is a real model: 24 LoRA steps lower its training loss
+    assert numbers["minilm"]["last loss"] < numbers["minilm"]["first loss"]
+    assert 0.0 <= numbers["minilm"]["top1 after"] <= 1.0
