@@ -177,6 +177,8 @@ def test_language_names():
     assert language_name("deu_Latn") == "German" and language_name("hin_Deva-eng_Latn") == "Hindi"
     assert language_name("de-en") == "German" and language_name("ar") == "Arabic"  # mteb's BUCC and MIRACL subsets
     assert language_name("German") == "German"
+    miracl = ["ar", "bn", "de", "en", "es", "fa", "fi", "fr", "hi", "id", "ja", "ko", "ru", "sw", "te", "th", "yo", "zh"]
+    assert [resource_group(code) for code in miracl].count("high") == 10 and resource_group("yo") == "unseen"
     assert resource_group("eng") == "high" and resource_group("cmn") == "high" and resource_group("swh") == "low"
     assert resource_group("kab") == "unseen" and resource_group("yue") == "unseen"
     with pytest.raises(SynthembedError, match="unknown language code"):

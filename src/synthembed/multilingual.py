@@ -75,6 +75,9 @@ ISO639_3_NAMES: dict[str, str] = {
     "urd": "Urdu", "uzb": "Uzbek", "vie": "Vietnamese", "war": "Waray", "wuu": "Wu Chinese", "xho": "Xhosa",
     "yid": "Yiddish", "yue": "Cantonese", "zsm": "Malay",
 }  # fmt: skip
+# ISO 639-1 codes of mteb's multilingual tasks (MIRACL, BUCC) for languages outside the paper's 93 (whose own two-letter
+# codes languages.canonical_language knows).
+ISO639_1_EXTRA: dict[str, str] = {"yo": "Yoruba"}
 # nob/nno: the paper's "Norwegian" (XLM-R's `no`) is Bokmål; tgl: XLM-R's Filipino is Tagalog (`tl`);
 # zsm/lvs/swh/pes/npi: the standard varieties that XLM-R's ms/lv/sw/fa/ne stand for.
 
@@ -94,6 +97,8 @@ def language_name(code: str) -> str:
     key = text.split("_")[0].lower()
     if key in ISO639_3_NAMES:
         return ISO639_3_NAMES[key]
+    if key in ISO639_1_EXTRA:
+        return ISO639_1_EXTRA[key]
     try:
         return canonical_language(text)  # a paper name or an ISO 639-1 code the detector uses
     except SynthembedError:
