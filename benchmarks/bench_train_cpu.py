@@ -3,6 +3,7 @@ CachedMultipleNegativesRankingLoss, and the peak memory of a 2048 batch with and
 
     .venv/bin/python benchmarks/bench_train_cpu.py                          # both parts, default sizes
     .venv/bin/python benchmarks/bench_train_cpu.py --part speed --batch-size 32 --mini-batch-size 8 --steps 5
+    .venv/bin/python benchmarks/bench_train_cpu.py --part loss --batch-size 16 --mini-batch-size 4 --steps 4
     .venv/bin/python benchmarks/bench_train_cpu.py --part memory --memory-batch 2048 --memory-mini-batch 32
 
 Speed: the same model (the packaged all-MiniLM-L6-v2, every weight trained, no LoRA, no gradient checkpointing), the same
@@ -176,6 +177,66 @@ def speed(args: argparse.Namespace) -> dict:
     return result
 
 
+def loss_only(args: argparse.Namespace) -> dict:
+    """The cached loss step alone (embed, loss, backward; no optimizer, no trainer) on one batch of SciFact pairs:
+    CachedInfoNCE over our Embedder against CachedMultipleNegativesRankingLoss over a SentenceTransformer, alternating."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
+
+    from synthembed.losses import CachedInfoNCE
+    from synthembed.model import load_embedder
+    from synthembed.paths import minilm_path
+
+    torch.set_num_threads(args.threads)
+    q, p, n = scifact_rows(args.batch_size)
+    emb = load_embedder(str(minilm_path()), device="cpu", max_len=args.max_len)
+    emb.model.train()
+    ours = CachedInfoNCE(lambda texts: emb.embed(emb.tokenize(texts)), mini_batch_size=args.mini_batch_size)
+    st = SentenceTransformer(str(minilm_path()), device="cpu")
+    st.max_seq_length = args.max_len
+    st.train()
+    st_loss = CachedMultipleNegativesRankingLoss(st, scale=1 / TEMPERATURE, mini_batch_size=args.mini_batch_size)
+
+    def run_st() -> None:
+        st_loss([st.preprocess(x) if hasattr(st, "preprocess") else st.tokenize(x) for x in (q, p, n)], None).backward()
+
+    times: dict[str, list[tuple[float, float]]] = {"ours": [], "st": []}
+    for _ in range(args.steps):
+        for name, fn in (("ours", lambda: ours.step(q, p, n)), ("st", run_st)):
+            a = stamp()
+            fn()
+            b = stamp()
+            times[name].append((b[0] - a[0], b[1] - a[1]))
+    result = {
+        f"{name}_{kind}_s": statistics.median(t[i] for t in ts[1:])  # the first round is warm-up
+        for name, ts in times.items()
+        for i, kind in enumerate(("wall", "cpu"))
+    }
+    result["ratio_cpu"] = result["st_cpu_s"] / result["ours_cpu_s"]
+    print(
+        f"loss step alone, batch {args.batch_size}, mini-batch {args.mini_batch_size}, max_len {args.max_len}: "
+        f"ours {result['ours_cpu_s']:.2f} CPU s, sentence-transformers {result['st_cpu_s']:.2f} CPU s; "
+        f"speed ratio ours / ST {result['ratio_cpu']:.2f}"
+    )
+    return result
+
+
+def scifact_rows(batch_size: int) -> tuple[list[str], list[str], list[str]]:
+    """`batch_size` SciFact train (query, relevant document, other document) triples, repeated when there are fewer."""
+    from synthembed.data import read_beir
+    from synthembed.paths import shared_data
+
+    corpus, queries, qrels = read_beir(shared_data("beir", "scifact"), split="train")
+    doc_ids = list(corpus)
+    rows = [
+        (queries[qid], corpus[did]["title"] + " " + corpus[did]["text"]) for qid, rel in qrels.items() for did in rel
+    ]
+    rows = [rows[i % len(rows)] for i in range(batch_size)]
+    negatives = [corpus[doc_ids[(7 * i + 3) % len(doc_ids)]]["text"] for i in range(batch_size)]
+    return [r[0] for r in rows], [r[1] for r in rows], negatives
+
+
 # --- memory ------------------------------------------------------------------------------------------------------------
 
 
@@ -183,22 +244,12 @@ def memory_child(variant: str, batch_size: int, mini_batch_size: int, max_len: i
     """One optimizer step at `batch_size`, printing JSON with the RSS before the step and the peak RSS (MiB)."""
     import torch
 
-    from synthembed.data import read_beir
     from synthembed.losses import CachedInfoNCE, info_nce
     from synthembed.model import load_embedder
-    from synthembed.paths import minilm_path, shared_data
+    from synthembed.paths import minilm_path
 
-    corpus, queries, qrels = read_beir(shared_data("beir", "scifact"), split="train")
-    doc_ids = list(corpus)
-    rows = []
-    for qid, rel in qrels.items():
-        for did in rel:
-            rows.append((queries[qid], corpus[did]["title"] + " " + corpus[did]["text"]))
-    # Repeat the ~900 SciFact pairs up to the batch; each negative is a fixed other document. Only lengths matter here.
-    rows = [rows[i % len(rows)] for i in range(batch_size)]
-    q = [r[0] for r in rows]
-    p = [r[1] for r in rows]
-    n = [corpus[doc_ids[(7 * i + 3) % len(doc_ids)]]["text"] for i in range(batch_size)]
+    # The ~900 SciFact pairs repeated up to the batch (repeats are masked as duplicates; only the lengths matter here).
+    q, p, n = scifact_rows(batch_size)
 
     emb = load_embedder(str(minilm_path()), device="cpu", max_len=max_len)
     emb.model.train()
@@ -254,7 +305,7 @@ def memory(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["speed", "memory", "both"], default="both")
+    parser.add_argument("--part", choices=["speed", "loss", "memory", "both"], default="both")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--mini-batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps per run (the first and last are dropped)")
@@ -276,6 +327,8 @@ def main() -> None:
     results = {}
     if args.part in ("speed", "both"):
         results["speed"] = speed(args)
+    if args.part == "loss":
+        results["loss"] = loss_only(args)
     if args.part in ("memory", "both"):
         results["memory"] = memory(args)
     if args.json:
