@@ -159,7 +159,7 @@ def info_nce(
 
     References:
         Wang et al., 2024, "Improving Text Embeddings with Large Language Models", section 3.2 (InfoNCE, tau = 0.02)
-        and section 4.1 (batch size 2048, one hard negative per pair).
+        and section 4.2 (batch size 2048, one hard negative per pair).
 
     Example:
         >>> q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
@@ -257,8 +257,8 @@ class CachedInfoNCE:
 
     References:
         Gao et al., 2021, "Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup" (GradCache),
-        section 3 (representation gradient cache, sub-batch gradient accumulation).
-        Wang et al., 2024, "Improving Text Embeddings with Large Language Models", section 4.1 (batch size 2048).
+        section 3 (the gradient cache: representation gradients, then sub-batch gradient accumulation).
+        Wang et al., 2024, "Improving Text Embeddings with Large Language Models", section 4.2 (batch size 2048).
 
     Example:
         >>> enc = torch.nn.Linear(4, 3)
