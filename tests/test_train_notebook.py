@@ -20,6 +20,8 @@ def test_train_notebook(smoke_study):
         assert (Path(model["merged"]) / "modules.json").is_file()
         assert (Path(model["adapter"]) / "adapter_config.json").is_file()
         assert (Path(run_dir) / "train" / name / "train_log.csv").is_file()
-    # MiniLM is a real model: 24 LoRA steps lower its training loss
-    assert numbers["minilm"]["last loss"] < numbers["minilm"]["first loss"]
-    assert 0.0 <= numbers["minilm"]["top1 after"] <= 1.0
+    # the random-weight Mistral starts near chance and learns (its per-batch losses fall steadily)
+    assert numbers["tiny-mistral"]["last loss"] < numbers["tiny-mistral"]["first loss"] - 0.2
+    # MiniLM is a real model (its batch losses are too noisy to compare at batch 8): after training it still matches
+    # held-out SciFact claims to their documents far above chance (1/8); a training bug that wrecks it fails here
+    assert numbers["minilm"]["top1 after"] >= 0.5 and numbers["minilm"]["top1 before"] >= 0.5
