@@ -184,7 +184,9 @@ class Embedder:
         self.check_eos(batch)
         out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (B, T, D)
-        reps = pool(hidden, batch["attention_mask"], self.pooling).float()  # (B, D)
+        reps = pool(hidden, batch["attention_mask"], self.pooling)  # (B, D)
+        if reps.dtype in (torch.float16, torch.bfloat16):
+            reps = reps.float()  # similarities and the loss in float32; float64 models stay float64 (gradient tests)
         return F.normalize(reps, dim=-1) if normalize else reps
 
     def encode(
