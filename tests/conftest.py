@@ -4,6 +4,7 @@ and one smoke run of the whole study that every notebook test reads back."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Tests (and the notebooks the smoke study runs in kernels that inherit this environment) never read embeddings cached
+# in the user's home by an earlier run: a fresh cache per test session, so every figure is computed afresh.
+os.environ["SYNTHEMBED_CACHE"] = tempfile.mkdtemp(prefix="synthembed-test-cache-")
 
 from synthembed.paths import minilm_path, shared_data_dir  # noqa: E402
 
