@@ -159,3 +159,32 @@ def iso_code(language: str) -> str | None:
     ('en', None)
     """
     return _ISO_CODES[canonical_language(language)]
+
+
+# ISO 639-3 code -> English name, for every language of the Tatoeba (112) and FLORES-200 devtest (25) files. Where the
+# language is one of the paper's 93, the name is the paper's spelling (so `cmn` is "Chinese", `pes` "Persian").
+ISO639_3_NAMES: dict[str, str] = {
+    "afr": "Afrikaans", "amh": "Amharic", "ang": "Old English", "ara": "Arabic", "arq": "Algerian Arabic",
+    "arz": "Egyptian Arabic", "asm": "Assamese", "ast": "Asturian", "awa": "Awadhi", "aze": "Azerbaijani",
+    "bel": "Belarusian", "ben": "Bengali", "ber": "Berber", "bos": "Bosnian", "bre": "Breton", "bul": "Bulgarian",
+    "cat": "Catalan", "cbk": "Chavacano", "ceb": "Cebuano", "ces": "Czech", "cha": "Chamorro", "cmn": "Chinese",
+    "cor": "Cornish", "csb": "Kashubian", "cym": "Welsh", "dan": "Danish", "deu": "German", "dsb": "Lower Sorbian",
+    "dtp": "Central Dusun", "ell": "Greek", "eng": "English", "epo": "Esperanto", "est": "Estonian", "eus": "Basque",
+    "fao": "Faroese", "fin": "Finnish", "fra": "French", "fry": "Western Frisian", "gla": "Scottish Gaelic",
+    "gle": "Irish", "glg": "Galician", "gsw": "Swiss German", "guj": "Gujarati", "heb": "Hebrew", "hin": "Hindi",
+    "hrv": "Croatian", "hsb": "Upper Sorbian", "hun": "Hungarian", "hye": "Armenian", "ido": "Ido",
+    "ile": "Interlingue", "ina": "Interlingua", "ind": "Indonesian", "isl": "Icelandic", "ita": "Italian",
+    "jav": "Javanese", "jpn": "Japanese", "kab": "Kabyle", "kan": "Kannada", "kas": "Kashmiri", "kat": "Georgian",
+    "kaz": "Kazakh", "khm": "Khmer", "kor": "Korean", "kur": "Kurdish (Kurmanji)", "kzj": "Coastal Kadazan",
+    "lat": "Latin", "lfn": "Lingua Franca Nova", "lit": "Lithuanian", "lvs": "Latvian", "mai": "Maithili",
+    "mal": "Malayalam", "mar": "Marathi", "max": "North Moluccan Malay", "mhr": "Eastern Mari", "mkd": "Macedonian",
+    "mni": "Manipuri", "mon": "Mongolian", "nds": "Low German", "nld": "Dutch", "nno": "Norwegian Nynorsk",
+    "nob": "Norwegian", "nov": "Novial", "npi": "Nepali", "oci": "Occitan", "orv": "Old East Slavic", "ory": "Oriya",
+    "pam": "Kapampangan", "pan": "Punjabi", "pes": "Persian", "pms": "Piedmontese", "pol": "Polish",
+    "por": "Portuguese", "ron": "Romanian", "rus": "Russian", "san": "Sanskrit", "sat": "Santali", "slk": "Slovak",
+    "slv": "Slovenian", "snd": "Sindhi", "spa": "Spanish", "sqi": "Albanian", "srp": "Serbian", "swe": "Swedish",
+    "swg": "Swabian", "swh": "Swahili", "tam": "Tamil", "tat": "Tatar", "tel": "Telugu", "tgl": "Filipino",
+    "tha": "Thai", "tuk": "Turkmen", "tur": "Turkish", "tzl": "Talossan", "uig": "Uyghur", "ukr": "Ukrainian",
+    "urd": "Urdu", "uzb": "Uzbek", "vie": "Vietnamese", "war": "Waray", "wuu": "Wu Chinese", "xho": "Xhosa",
+    "yid": "Yiddish", "yue": "Cantonese", "zsm": "Malay",
+}  # fmt: skip

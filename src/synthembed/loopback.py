@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .languages import LANGUAGES
+from .languages import ISO639_3_NAMES, LANGUAGES
 from .prompts import OUTPUT_FIELDS
 
 TRANSPORT_FAULTS = ("rate_limit", "server_error", "hang")
@@ -120,22 +120,9 @@ WORDS: dict[str, str] = {
 # Languages written without spaces between words.
 _NO_SPACES = {"Japanese", "Chinese", "Thai", "Lao", "Khmer", "Burmese"}
 
-# The Tatoeba file codes (LASER's test set, ../shared/data/multilingual/tatoeba) of the languages it covers.
-TATOEBA_CODES: dict[str, str] = {
-    "Afrikaans": "afr", "Albanian": "sqi", "Amharic": "amh", "Arabic": "ara", "Armenian": "hye", "Azerbaijani": "aze",
-    "Basque": "eus", "Belarusian": "bel", "Bengali": "ben", "Bosnian": "bos", "Breton": "bre", "Bulgarian": "bul",
-    "Catalan": "cat", "Chinese": "cmn", "Croatian": "hrv", "Czech": "ces", "Danish": "dan", "Dutch": "nld",
-    "Esperanto": "epo", "Estonian": "est", "Filipino": "tgl", "Finnish": "fin", "French": "fra", "Galician": "glg",
-    "Georgian": "kat", "German": "deu", "Greek": "ell", "Hebrew": "heb", "Hindi": "hin", "Hungarian": "hun",
-    "Icelandic": "isl", "Indonesian": "ind", "Irish": "gle", "Italian": "ita", "Japanese": "jpn", "Javanese": "jav",
-    "Kazakh": "kaz", "Khmer": "khm", "Korean": "kor", "Kurdish (Kurmanji)": "kur", "Latin": "lat", "Latvian": "lvs",
-    "Lithuanian": "lit", "Macedonian": "mkd", "Malay": "zsm", "Malayalam": "mal", "Marathi": "mar",
-    "Mongolian": "mon", "Norwegian": "nob", "Persian": "pes", "Polish": "pol", "Portuguese": "por",
-    "Romanian": "ron", "Russian": "rus", "Scottish Gaelic": "gla", "Serbian": "srp", "Slovak": "slk",
-    "Slovenian": "slv", "Spanish": "spa", "Swahili": "swh", "Swedish": "swe", "Tamil": "tam", "Telugu": "tel",
-    "Thai": "tha", "Turkish": "tur", "Ukrainian": "ukr", "Urdu": "urd", "Uyghur": "uig", "Uzbek": "uzb",
-    "Vietnamese": "vie", "Welsh": "cym", "Western Frisian": "fry", "Xhosa": "xho", "Yiddish": "yid",
-}  # fmt: skip
+# The ISO 639-3 codes that name the Tatoeba files (../shared/data/multilingual/tatoeba) of the paper's languages;
+# a code without a file (FLORES-only languages, English) simply finds no sentences.
+TATOEBA_CODES: dict[str, str] = {name: code for code, name in ISO639_3_NAMES.items() if name in LANGUAGES}
 
 
 class TextSource:
