@@ -2,7 +2,7 @@
 MTEB reports it (German 7.89, French 8.17), through mteb's own Tatoeba task and evaluator on the local LASER files.
 
 Also the paper's claim that the per-language scores show: an English-only model fails outside Latin scripts.
-Takes about half an hour on 2 CPU cores (88,877 pairs, compute-bound in MiniLM); CI runs it.
+Takes about 12 minutes on 2 CPU cores (88,877 pairs, compute-bound in MiniLM); CI runs it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from synthembed.multilingual import (
 
 @pytest.mark.slow
 @pytest.mark.realdata
-@pytest.mark.timeout(3600)  # about 25-30 minutes on 2 idle cores: 158k distinct sentences through MiniLM
+@pytest.mark.timeout(3600)  # 12 minutes on 2 quiet cores (158k distinct sentences through MiniLM); room for a busy machine
 def test_minilm_tatoeba_mean_f1_matches_mteb(shared_data, minilm):
     from synthembed.model import load_embedder
 
