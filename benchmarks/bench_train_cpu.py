@@ -5,6 +5,7 @@ CachedMultipleNegativesRankingLoss, and the peak memory of a 2048 batch with and
     .venv/bin/python benchmarks/bench_train_cpu.py --part speed --batch-size 32 --mini-batch-size 8 --steps 5
     .venv/bin/python benchmarks/bench_train_cpu.py --part loss --batch-size 16 --mini-batch-size 4 --steps 4
     .venv/bin/python benchmarks/bench_train_cpu.py --part memory --memory-batch 2048 --memory-mini-batch 32
+    .venv/bin/python benchmarks/bench_train_cpu.py --part sorting --batch-size 32 --mini-batch-size 8 --max-len 256 --rounds 5
 
 Speed: the same model (the packaged all-MiniLM-L6-v2, every weight trained, no LoRA, no gradient checkpointing), the same
 pairs (BEIR SciFact train split from the shared data, plain queries, one BM25-mined hard negative each), the same batch,
@@ -237,12 +238,59 @@ def scifact_rows(batch_size: int) -> tuple[list[str], list[str], list[str]]:
     return [r[0] for r in rows], [r[1] for r in rows], negatives
 
 
+# --- length sorting -----------------------------------------------------------------------------------------------------
+
+
+def sorting(args: argparse.Namespace) -> dict:
+    """CachedInfoNCE with its mini-batches cut from length-sorted texts (the default) against batch order (what
+    sentence-transformers' cached loss does), on documents of varied length as synthetic data has them: SciFact train
+    documents cut to 10-250 words. Same model, texts and mini-batch; CPU seconds per step, alternating, median."""
+    import random
+
+    import torch
+
+    from synthembed.losses import CachedInfoNCE
+    from synthembed.model import load_embedder
+    from synthembed.paths import minilm_path
+
+    torch.set_num_threads(args.threads)
+    rng = random.Random(0)
+    queries, positives, negatives = scifact_rows(args.batch_size)
+    cut = lambda text: " ".join(text.split()[: rng.randint(10, 250)])  # noqa: E731
+    positives, negatives = [cut(t) for t in positives], [cut(t) for t in negatives]
+    emb = load_embedder(str(minilm_path()), device="cpu", max_len=args.max_len)
+    emb.model.train()
+    embed_fn = lambda texts: emb.embed(emb.tokenize(texts))  # noqa: E731
+    seconds: dict[str, list[float]] = {"batch order": [], "sorted by length": []}
+    for _ in range(args.rounds):
+        for name in seconds:
+            loss = CachedInfoNCE(embed_fn, mini_batch_size=args.mini_batch_size, sort_by_length=name != "batch order")
+            t0 = time.process_time()
+            loss.step(queries, positives, negatives)
+            seconds[name].append(time.process_time() - t0)
+            emb.model.zero_grad(set_to_none=True)
+    medians = {name: statistics.median(values) for name, values in seconds.items()}
+    print(f"[sorting] batch {args.batch_size}, mini-batch {args.mini_batch_size}, max_len {args.max_len}, "
+          f"{args.rounds} alternating rounds; CPU seconds per step: {seconds}")  # fmt: skip
+    print(f"median CPU s per step: batch order {medians['batch order']:.2f}, sorted {medians['sorted by length']:.2f}; "
+          f"speed-up {medians['batch order'] / medians['sorted by length']:.2f}x")  # fmt: skip
+    return {"seconds": seconds, "median": medians}
+
+
 # --- memory ------------------------------------------------------------------------------------------------------------
 
 
-def memory_child(variant: str, batch_size: int, mini_batch_size: int, max_len: int) -> None:
-    """One optimizer step at `batch_size`, printing JSON with the RSS before the step and the peak RSS (MiB)."""
+def memory_child(variant: str, batch_size: int, mini_batch_size: int, max_len: int, limit_gib: float | None) -> None:
+    """One optimizer step at `batch_size`, printing JSON with the RSS before the step and the peak RSS (MiB).
+
+    With `limit_gib`, the address space is capped there (RLIMIT_AS), so a step that cannot fit fails inside torch's
+    allocator and is reported as not fitting, instead of bringing in the kernel's OOM killer on a shared machine.
+    """
     import torch
+
+    if limit_gib:
+        cap = int(limit_gib * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 
     from synthembed.losses import CachedInfoNCE, info_nce
     from synthembed.model import load_embedder
@@ -257,13 +305,21 @@ def memory_child(variant: str, batch_size: int, mini_batch_size: int, max_len: i
     embed_fn = lambda texts: emb.embed(emb.tokenize(texts))  # noqa: E731
     before = rss_now_mib()
     t0 = time.perf_counter()
-    if variant == "cached":
-        loss = CachedInfoNCE(embed_fn, mini_batch_size=mini_batch_size).step(q, p, n)
-    else:
-        loss_t = info_nce(embed_fn(q), embed_fn(p), embed_fn(n), q_texts=q, p_texts=p, n_texts=n)
-        loss_t.backward()
-        loss = float(loss_t)
-    optimizer.step()
+    try:
+        if variant == "cached":
+            loss = CachedInfoNCE(embed_fn, mini_batch_size=mini_batch_size).step(q, p, n)
+        else:
+            loss_t = info_nce(embed_fn(q), embed_fn(p), embed_fn(n), q_texts=q, p_texts=p, n_texts=n)
+            loss_t.backward()
+            loss = float(loss_t)
+        optimizer.step()
+    except (MemoryError, RuntimeError) as error:
+        if "memory" not in str(error).lower() and not isinstance(error, MemoryError):
+            raise
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps({"variant": variant, "rss_before_mib": before, "does_not_fit_gib": limit_gib,
+                          "peak_rss_mib_before_failing": peak, "seconds": time.perf_counter() - t0}))  # fmt: skip
+        return
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(json.dumps({"variant": variant, "rss_before_mib": before, "peak_rss_mib": peak, "seconds": seconds,
@@ -281,6 +337,8 @@ def memory(args: argparse.Namespace) -> dict:
         cmd = [sys.executable, __file__, "--memory-child", variant, "--memory-batch", str(args.memory_batch),
                "--memory-mini-batch", str(args.memory_mini_batch), "--max-len", str(args.memory_max_len),
                "--threads", str(args.threads)]  # fmt: skip
+        if args.memory_limit_gib:
+            cmd += ["--memory-limit-gib", str(args.memory_limit_gib)]
         print("[memory]", " ".join(cmd[1:]), flush=True)
         procs[variant] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     results = {}
@@ -291,6 +349,10 @@ def memory(args: argparse.Namespace) -> dict:
             results[variant] = {"error": f"exit {proc.returncode} (killed for memory?)"}
             continue
         results[variant] = r = json.loads(stdout.strip().splitlines()[-1])
+        if "does_not_fit_gib" in r:
+            print(f"[memory] {variant}: does not fit in {r['does_not_fit_gib']} GiB of address space (failed after "
+                  f"{r['seconds']:.0f} s at a peak RSS of {r['peak_rss_mib_before_failing']:.0f} MiB)")  # fmt: skip
+            continue
         print(f"[memory] {variant}: peak RSS {r['peak_rss_mib']:.0f} MiB (model + optimizer before the step "
               f"{r['rss_before_mib']:.0f} MiB), {r['seconds']:.0f} s, loss {r['loss']:.4f}")  # fmt: skip
     if all("peak_rss_mib" in r for r in results.values()):
@@ -305,7 +367,7 @@ def memory(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["speed", "loss", "memory", "both"], default="both")
+    parser.add_argument("--part", choices=["speed", "loss", "memory", "sorting", "both"], default="both")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--mini-batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps per run (the first and last are dropped)")
@@ -315,6 +377,7 @@ def main() -> None:
     parser.add_argument("--memory-mini-batch", type=int, default=32)
     parser.add_argument("--memory-max-len", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: comparable CPU seconds)")
+    parser.add_argument("--memory-limit-gib", type=float, help="cap each memory child's address space (RLIMIT_AS)")
     parser.add_argument("--memory-child", choices=["cached", "plain"], help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
@@ -322,13 +385,15 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-        memory_child(args.memory_child, args.memory_batch, args.memory_mini_batch, args.max_len)
+        memory_child(args.memory_child, args.memory_batch, args.memory_mini_batch, args.max_len, args.memory_limit_gib)
         return
     results = {}
     if args.part in ("speed", "both"):
         results["speed"] = speed(args)
     if args.part == "loss":
         results["loss"] = loss_only(args)
+    if args.part == "sorting":
+        results["sorting"] = sorting(args)
     if args.part in ("memory", "both"):
         results["memory"] = memory(args)
     if args.json:

@@ -181,23 +181,36 @@ def mean_pool_embed_fn(model, tokenizer, max_len=16):
     return embed
 
 
-QUERIES = [f"Instruct: find the answer\nQuery: question {i} on topic {i % 3}" for i in range(8)]
-POSITIVES = [f"passage {i} answering topic {i % 3}" for i in range(8)]
+# Lengths vary within each group, so sorting by length really reorders the texts (checked below).
+QUERIES = [f"Instruct: find the answer\nQuery: question {i} on topic {i % 3}" + " in detail" * (5 * i % 3) for i in range(8)]
+POSITIVES = [f"passage {i} answering topic {i % 3}" + " at length" * (i % 4) for i in range(8)]
 POSITIVES[7] = POSITIVES[2]  # a duplicate positive
 NEGATIVES = [f"an unrelated passage {i}" if i % 4 else None for i in range(8)]  # some groups lack a negative
 
 
-def full_batch_grads(model, embed_fn, mini_batch_size, negatives, seed, in_batch_negatives=True):
-    """Reference: the same forward passes as the cache's first pass (same order, same RNG), all kept in one graph."""
+def test_fixture_texts_are_not_already_sorted_by_length():
+    for texts in (QUERIES, POSITIVES):
+        assert sorted(range(8), key=lambda i: len(texts[i])) != list(range(8))
+
+
+def full_batch_grads(model, embed_fn, mini_batch_size, negatives, seed, in_batch_negatives=True, sort=False):
+    """Reference: the same forward passes as the cache's first pass (same order, same RNG), all kept in one graph.
+    With `sort`, each group is embedded shortest text first, as the cache does by default, and put back in order."""
     torch.manual_seed(seed)
     model.zero_grad()
-    chunks = lambda xs: [xs[i : i + mini_batch_size] for i in range(0, len(xs), mini_batch_size)]  # noqa: E731
-    q = torch.cat([embed_fn(c) for c in chunks(QUERIES)])
-    p = torch.cat([embed_fn(c) for c in chunks(POSITIVES)])
+
+    def embed_group(texts):
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i])) if sort else list(range(len(texts)))
+        ordered = [texts[i] for i in order]
+        reps = torch.cat([embed_fn(ordered[i : i + mini_batch_size]) for i in range(0, len(texts), mini_batch_size)])
+        return reps.new_empty(reps.shape).index_copy(0, torch.tensor(order), reps)  # (B, D) in batch order
+
+    q = embed_group(QUERIES)
+    p = embed_group(POSITIVES)
     n = None
     if negatives is not None:
         present = [i for i, t in enumerate(negatives) if t is not None]
-        n_present = torch.cat([embed_fn(c) for c in chunks([negatives[i] for i in present])])
+        n_present = embed_group([negatives[i] for i in present])
         n = q.new_zeros(q.shape).index_copy(0, torch.tensor(present), n_present)
     loss = info_nce(
         q,
@@ -212,10 +225,12 @@ def full_batch_grads(model, embed_fn, mini_batch_size, negatives, seed, in_batch
     return loss.item(), {k: v.grad.clone() for k, v in model.named_parameters() if v.grad is not None}
 
 
-def cached_grads(model, embed_fn, mini_batch_size, negatives, seed, in_batch_negatives=True):
+def cached_grads(model, embed_fn, mini_batch_size, negatives, seed, in_batch_negatives=True, sort=False):
     torch.manual_seed(seed)
     model.zero_grad()
-    cached = CachedInfoNCE(embed_fn, mini_batch_size=mini_batch_size, in_batch_negatives=in_batch_negatives)
+    cached = CachedInfoNCE(
+        embed_fn, mini_batch_size=mini_batch_size, in_batch_negatives=in_batch_negatives, sort_by_length=sort
+    )
     loss = cached.step(QUERIES, POSITIVES, negatives)
     return loss, {k: v.grad.clone() for k, v in model.named_parameters() if v.grad is not None}
 
@@ -229,16 +244,17 @@ def assert_same(a, b, tol=1e-5):
 
 
 @pytest.mark.slow
-def test_cached_loss_and_gradients_equal_full_batch_with_dropout(minilm_encoder):
+@pytest.mark.parametrize("sort", [False, True], ids=["batch-order", "sorted-by-length"])
+def test_cached_loss_and_gradients_equal_full_batch_with_dropout(minilm_encoder, sort):
     model, tokenizer = minilm_encoder
     embed_fn = mean_pool_embed_fn(model, tokenizer)
     # Dropout really is on: the same text embeds differently under different random states.
     torch.manual_seed(0)
     first = embed_fn(QUERIES[:1])
     assert not torch.allclose(first, embed_fn(QUERIES[:1]))
-    full = full_batch_grads(model, embed_fn, 3, NEGATIVES, seed=11)
+    full = full_batch_grads(model, embed_fn, 3, NEGATIVES, seed=11, sort=sort)
     after_full = torch.rand(1)
-    cached = cached_grads(model, embed_fn, 3, NEGATIVES, seed=11)
+    cached = cached_grads(model, embed_fn, 3, NEGATIVES, seed=11, sort=sort)
     assert_same(full, cached)
     # the random state is left where the plain forward passes would have left it
     assert torch.equal(after_full, torch.rand(1))
@@ -246,14 +262,14 @@ def test_cached_loss_and_gradients_equal_full_batch_with_dropout(minilm_encoder)
 
 @pytest.mark.slow
 def test_cached_equals_one_full_forward_without_dropout(minilm_encoder):
-    """Without dropout the mini-batch size cannot matter: chunks of 3 == one forward pass of everything (no hard
-    negatives, in-batch negatives only)."""
+    """Without dropout neither the mini-batch size nor the order of embedding can matter: length-sorted chunks of 3 ==
+    one forward pass of everything in batch order (no hard negatives, in-batch negatives only)."""
     model, tokenizer = minilm_encoder
     model.eval()
     try:
         embed_fn = mean_pool_embed_fn(model, tokenizer)
         full = full_batch_grads(model, embed_fn, len(QUERIES), None, seed=0)
-        cached = cached_grads(model, embed_fn, 3, None, seed=0)
+        cached = cached_grads(model, embed_fn, 3, None, seed=0, sort=True)
         assert_same(full, cached)
     finally:
         model.train()
@@ -281,6 +297,9 @@ def test_cached_equals_full_batch_on_a_decoder_with_last_token_pooling(tiny_mist
     # in-batch negatives off (the long-short setting): each query against its own positive and hard negative
     full = full_batch_grads(emb.model, embed_fn, 3, NEGATIVES, seed=3, in_batch_negatives=False)
     cached = cached_grads(emb.model, embed_fn, 3, NEGATIVES, seed=3, in_batch_negatives=False)
+    assert_same(full, cached)
+    full = full_batch_grads(emb.model, embed_fn, 3, NEGATIVES, seed=3, in_batch_negatives=False, sort=True)
+    cached = cached_grads(emb.model, embed_fn, 3, NEGATIVES, seed=3, in_batch_negatives=False, sort=True)
     assert_same(full, cached)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -128,11 +129,44 @@ def test_sigkill_then_resume_matches_uninterrupted(examples, tiny_mistral, tmp_p
 
 
 @pytest.mark.slow
+def test_two_process_ddp_equals_one_process(examples, tiny_mistral, tmp_path):
+    """torchrun with 2 CPU processes (gloo) and the global batch split between them: the gathered in-batch negatives
+    make every step's loss, and the trained weights, those of one process holding the whole batch. No dropout, so
+    both runs draw the same (no) random masks; the cached loss with mini-batch 2 runs on both sides."""
+    import numpy as np
+
+    from synthembed.model import load_embedder
+
+    flags = ["--data", str(examples), "--base-model", str(tiny_mistral), "--batch-size", "8", "--mini-batch-size", "2",
+             "--max-steps", "4", "--warmup-steps", "1", "--max-len", "32", "--save-every", "0", "--seed", "3",
+             "--lora-dropout", "0", "--lr", "1e-3", "--quiet"]
+    assert main(["train", "--out", str(tmp_path / "one"), *flags]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--module",
+         "synthembed.cli", "train", "--out", str(tmp_path / "two"), *flags],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es)" in proc.stdout + proc.stderr
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert [s for s, _, _ in two] == [1, 2, 3, 4]
+    for (step, loss, _), (_, want, _) in zip(two, one, strict=True):
+        assert loss == pytest.approx(want, abs=1e-5), f"step {step}"
+    assert len({round(loss, 4) for _, loss, _ in one}) == 4  # the weights moved between steps
+    texts = ["apple river", "protein gene planet star", "x"]
+    a = load_embedder(str(tmp_path / "one" / "adapter"), device="cpu").encode(texts, show_progress=False)
+    b = load_embedder(str(tmp_path / "two" / "adapter"), device="cpu").encode(texts, show_progress=False)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["tiny-mistral-lora", "minilm-full"])
 def test_export_loads_in_sentence_transformers(kind, examples, tiny_mistral, minilm, tmp_path):
     import numpy as np
     from sentence_transformers import SentenceTransformer
 
+    from synthembed.evaluate import uses_instructions
     from synthembed.model import load_embedder
 
     lora = kind.endswith("lora")
@@ -142,6 +176,7 @@ def test_export_loads_in_sentence_transformers(kind, examples, tiny_mistral, min
     assert (out / "adapter" / "adapter_config.json").is_file() == lora
     config = json.loads((out / "merged" / "synthembed_config.json").read_text())
     assert config["pooling"] == ("last" if lora else "mean") and config["max_len"] == 32
+    assert config["instructions"] is True and uses_instructions(str(out / "merged"))
     texts = ["apple river", "protein gene planet " * 20, "x"]  # the long one is truncated: EOS must survive
     st = SentenceTransformer(str(out / "merged"), device="cpu")
     ours = load_embedder(str(out / ("adapter" if lora else "merged")), device="cpu")
@@ -157,6 +192,31 @@ def test_export_loads_in_sentence_transformers(kind, examples, tiny_mistral, min
         batch = st.tokenize(texts)  # right padding: the last real token sits at mask.sum() - 1
         last = [int(row[int(mask.sum()) - 1]) for row, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True)]
         assert last == [st.tokenizer.eos_token_id] * 3  # the merged tokenizer ends every text with EOS itself
+
+
+def test_export_without_instructions_says_so(minilm, tmp_path):
+    """BEIR data with --beir-instruction none trains plain queries: the export records that, evaluation's auto mode
+    then leaves queries plain, and the sentence-transformers query prompt is empty."""
+    from sentence_transformers import SentenceTransformer
+
+    from synthembed.evaluate import uses_instructions
+
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    topics = ["cats purr", "rivers flow", "stars shine", "genes code", "drugs bind", "cells divide", "oceans rise", "music plays"]
+    write_jsonl(beir / "corpus.jsonl", [{"_id": f"d{i}", "title": "", "text": f"{t} every day"} for i, t in enumerate(topics)])
+    write_jsonl(beir / "queries.jsonl", [{"_id": f"q{i}", "text": f"why {t}"} for i, t in enumerate(topics)])
+    (beir / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(8)))
+    out = train(TrainArguments(
+        data=[str(beir)], base_model=str(minilm), out=str(tmp_path / "run"), batch_size=8, max_steps=1, max_len=32,
+        no_lora=True, beir_instruction="none", hard_negatives="none", save_every=0, progress=False,
+        gradient_checkpointing=False,
+    ))
+    config = json.loads((out / "merged" / "synthembed_config.json").read_text())
+    assert config["instructions"] is False and config["query_task"] is None
+    assert not uses_instructions(str(out / "merged"))
+    st = SentenceTransformer(str(out / "merged"), device="cpu")
+    assert st.prompts["query"] == ""
 
 
 @pytest.mark.parametrize(

@@ -251,6 +251,7 @@ class TrainingPair(BaseModel):
     negative: str | None = None
     task_type: str = Field("short-long", description="the task group; batches may be drawn from one group at a time")
     source: str = Field("", description="where the row came from (file or folder), for mixing reports")
+    instructed: bool = Field(False, description="whether the query carries a task instruction (the export records it)")
 
 
 def examples_to_pairs(examples: Iterable[Example], source: str = "") -> list[TrainingPair]:
@@ -258,6 +259,7 @@ def examples_to_pairs(examples: Iterable[Example], source: str = "") -> list[Tra
     return [
         TrainingPair(
             query=format_query(ex.task, ex.query),
+            instructed=bool(ex.task),
             positive=ex.positive,
             negative=ex.negative,
             task_type=ex.task_type,
@@ -303,6 +305,7 @@ def beir_to_pairs(
             pairs.append(
                 TrainingPair(
                     query=format_query(task, queries[qid]),
+                    instructed=bool(task),
                     positive=beir_document(corpus[did]),
                     negative=negative,
                     task_type="short-long",

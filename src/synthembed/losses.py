@@ -254,6 +254,9 @@ class CachedInfoNCE:
             ``lambda: accelerator.no_sync(model)``) entered for every re-embedding backward but the last, so that DDP
             all-reduces the gradients once per step.
         show_progress: a tqdm bar over the mini-batches.
+        sort_by_length: build the mini-batches of each group (queries, positives, negatives) from texts sorted by
+            length, so that each forward pass pads little; the loss and gradients do not depend on how the batch is
+            cut (only dropout masks fall on other texts). False keeps the batch order.
 
     References:
         Gao et al., 2021, "Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup" (GradCache),
@@ -278,6 +281,7 @@ class CachedInfoNCE:
         gather: bool = False,
         no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
         show_progress: bool = False,
+        sort_by_length: bool = True,
     ) -> None:
         if mini_batch_size < 1:
             raise SynthembedError(f"mini_batch_size must be at least 1, got {mini_batch_size}")
@@ -288,6 +292,7 @@ class CachedInfoNCE:
         self.gather = gather
         self.no_sync = no_sync
         self.show_progress = show_progress
+        self.sort_by_length = sort_by_length
 
     def _chunks(self, texts: list[str]) -> list[list[str]]:
         return [texts[i : i + self.mini_batch_size] for i in range(0, len(texts), self.mini_batch_size)]
@@ -313,7 +318,14 @@ class CachedInfoNCE:
             )
         present = [i for i, n in enumerate(negatives) if n is not None] if negatives is not None else []
         groups = [list(queries), list(positives)] + ([[negatives[i] for i in present]] if present else [])
-        chunks = [(g, chunk) for g, texts in enumerate(groups) for chunk in self._chunks(texts)]
+        # Each group is embedded in `orders[g]` order (by character length, a cheap stand-in for token length).
+        orders = [
+            sorted(range(len(texts)), key=lambda i, t=texts: len(t[i])) if self.sort_by_length else list(range(len(texts)))
+            for texts in groups
+        ]
+        chunks = [
+            (g, chunk) for g, texts in enumerate(groups) for chunk in self._chunks([texts[i] for i in orders[g]])
+        ]
 
         # (1) representations without a graph; the random state before each mini-batch is kept for the replay.
         states: list[_RandState] = []
@@ -322,7 +334,12 @@ class CachedInfoNCE:
             for g, chunk in tqdm(chunks, desc="embed (no grad)", disable=not self.show_progress, leave=False):
                 states.append(_RandState())
                 reps[g].append(self.embed_fn(chunk).detach())  # (b, D)
-        leaves = [torch.cat(r).requires_grad_(True) for r in reps]  # (B, D), (B, D), (B_neg, D)
+        # back to batch order: row orders[g][j] of group g is the j-th embedded text
+        positions = [torch.tensor(order, device=r[0].device) for order, r in zip(orders, reps, strict=True)]
+        leaves = []
+        for r, where in zip(reps, positions, strict=True):
+            embedded = torch.cat(r)  # (B_g, D) in embedding order
+            leaves.append(embedded.new_empty(embedded.shape).index_copy_(0, where, embedded).requires_grad_(True))
 
         # (2) full-batch loss and its gradient with respect to the representations.
         n_reps = n_texts = None
@@ -343,7 +360,10 @@ class CachedInfoNCE:
             gather=self.gather,
         )
         loss.backward()
-        grads = [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf) for leaf in leaves]
+        grads = [  # in embedding order again, to line up with the chunks
+            (leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)).index_select(0, where)
+            for leaf, where in zip(leaves, positions, strict=True)
+        ]
 
         # (3) replay each mini-batch with a graph and push the cached gradient through it.
         offsets = [0] * len(groups)

@@ -381,7 +381,12 @@ def train(args: TrainArguments, on_step: Callable[[int, float], Any] | None = No
 
     on_gpu = torch.cuda.is_available()
     bf16 = args.bf16 == "yes" or (args.bf16 == "auto" and on_gpu)
-    accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=not on_gpu)
+    # --batch-size is global and the schedule counts optimizer steps: without step_scheduler_with_optimizer=False,
+    # accelerate would step the scheduler once per process per optimizer step (its per-process-batch convention),
+    # running the warm-up and decay num_processes times too fast.
+    accelerator = Accelerator(
+        mixed_precision="bf16" if bf16 else "no", cpu=not on_gpu, step_scheduler_with_optimizer=False
+    )
     per_process, mini = check_batch_sizes(args.batch_size, args.mini_batch_size, accelerator.num_processes)
     deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
     if deepspeed and mini != per_process:
@@ -497,7 +502,9 @@ def train(args: TrainArguments, on_step: Callable[[int, float], Any] | None = No
     bar.close()
 
     if not args.no_export:
-        export(accelerator, emb, out, base_path=str(base_path), args=args)
+        # Whether queries carried `Instruct: ...` in training decides how the export is evaluated and prompted.
+        with_instructions = any(p.instructed for p in pairs)
+        export(accelerator, emb, out, base_path=str(base_path), args=args, instructions=with_instructions)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return out
@@ -554,8 +561,11 @@ def save_checkpoint(accelerator, out: Path, step: int, plan: BatchPlan, keep: in
 # --- export ------------------------------------------------------------------------------------------------------------
 
 
-def export(accelerator, emb, out: Path, base_path: str, args: TrainArguments) -> None:
+def export(accelerator, emb, out: Path, base_path: str, args: TrainArguments, instructions: bool = True) -> None:
     """adapter/ (LoRA only) and merged/ (a sentence-transformers directory), each with synthembed_config.json.
+
+    `instructions` says whether training queries carried a task instruction. It is recorded (evaluation's "auto" mode
+    reads it), and without instructions the exported query prompt is empty, so that queries are embedded as trained.
 
     The merged model is rebuilt from the saved adapter on the main process, so it comes out the same whether training
     ran on one device or sharded (ZeRO-3, FSDP), where the live model holds only shards.
@@ -572,7 +582,8 @@ def export(accelerator, emb, out: Path, base_path: str, args: TrainArguments) ->
     settings = {
         **Embedder.settings(emb),
         "base_model": str(base_path),
-        "query_task": args.query_task,
+        "instructions": bool(instructions),
+        "query_task": args.query_task if instructions else None,
         "lora_rank": None if args.no_lora else args.lora_rank,
     }
     dtype = next(model.parameters()).dtype
