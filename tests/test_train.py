@@ -254,6 +254,18 @@ def test_bad_settings(examples, tmp_path, capsys):
     assert "not empty; pass --resume" in capsys.readouterr().err and marker.read_text() == '{"step": 2}'
 
 
+@pytest.mark.parametrize("variable", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_sharded_launch_without_gpu_is_a_clear_error(variable, examples, tiny_mistral, tmp_path, capsys, monkeypatch):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU-only message")
+    monkeypatch.setenv(variable, "true")  # what `accelerate launch --config_file configs/fsdp.yaml` sets
+    code = main(["train", "--data", str(examples), "--base-model", str(tiny_mistral), "--out", str(tmp_path / "o"), "--quiet"])
+    assert code == 2
+    assert "needs CUDA devices" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
 def test_launch_configs_parse():
     from accelerate.commands.config.config_args import load_config_from_file
 

@@ -380,6 +380,13 @@ def train(args: TrainArguments, on_step: Callable[[int, float], Any] | None = No
         raise SynthembedError("--save-every must be >= 0 and --log-every >= 1")
 
     on_gpu = torch.cuda.is_available()
+    sharded = [name for name, var in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
+               if os.environ.get(var, "").lower() == "true"]  # fmt: skip
+    if sharded and not on_gpu:  # accelerate's plugins refuse CPU deep inside; say what works instead
+        raise SynthembedError(
+            f"{sharded[0]} (from the launch config) needs CUDA devices and none is visible; on CPU launch several "
+            "processes with DDP instead: torchrun --standalone --nproc_per_node N -m synthembed.cli train ..."
+        )
     bf16 = args.bf16 == "yes" or (args.bf16 == "auto" and on_gpu)
     # --batch-size is global and the schedule counts optimizer steps: without step_scheduler_with_optimizer=False,
     # accelerate would step the scheduler once per process per optimizer step (its per-process-batch convention),
