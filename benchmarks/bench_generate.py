@@ -71,7 +71,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--latency", type=float, default=0.2, help="seconds the server waits before each answer")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=0, help="processes that parse and validate (generate's workers)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes that parse and validate (generate's workers; default: generate's own choice)")
     args = parser.parse_args()
     os.environ.pop("OPENAI_API_KEY", None)
 

@@ -194,6 +194,17 @@ def test_judging_in_worker_processes_gives_the_same_run(tmp_path, server):
     assert pooled["accepted"] == inline["accepted"] > 0
 
 
+def test_workers_default_follows_the_concurrency(tmp_path, server, monkeypatch):
+    from synthembed.generate import AUTO_WORKERS_CONCURRENCY, auto_workers
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert auto_workers(AUTO_WORKERS_CONCURRENCY - 1) == 0 and auto_workers(AUTO_WORKERS_CONCURRENCY) == 1
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    assert auto_workers(64) == 0  # no core to spare: a worker would only compete with the event loop
+    _run(tmp_path / "run", server)  # concurrency 4, no workers asked for: judged inline, and the run says so
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["runtime"]["workers"] == 0
+
+
 def test_the_stand_in_is_named_whatever_the_model_is_called(tmp_path, server):
     stats = _run(tmp_path / "run", server, config={"model": "gpt-4o-mini"})
     assert stats["llm"]["stand_in"] and stats["cost_is_hypothetical"] and "stand-in" in stats["note"]

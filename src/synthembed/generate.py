@@ -511,6 +511,17 @@ def _response_problem(response: ChatResponse) -> tuple[str, str] | None:
     return None
 
 
+# From this many requests in flight, judging replies on the event loop holds back sending: measured with 200 ms
+# replies at concurrency 32, one worker process gave 0.90 of the ideal request rate against 0.88 inline
+# (docs/benchmarks.md). Below it, the worker's start-up costs more than it saves.
+AUTO_WORKERS_CONCURRENCY = 32
+
+
+def auto_workers(concurrency: int) -> int:
+    """Judging processes when none are asked for: one for high-concurrency runs on a machine with a core to spare."""
+    return 1 if concurrency >= AUTO_WORKERS_CONCURRENCY and (os.cpu_count() or 1) >= 2 else 0
+
+
 def generate(
     out: str | Path,
     config: GenerateConfig | None = None,
@@ -525,7 +536,7 @@ def generate(
     max_retries: int = 6,
     backoff: float = 1.0,
     batch_size: int = 8,
-    workers: int = 0,
+    workers: int | None = None,
     stand_in: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -534,10 +545,13 @@ def generate(
     `backend` is "openai", "transformers" (config.model is then a local path or hub id), "replay" (answers only from
     `cache`), or a backend object. `max_cost` in USD stops sending once reached; a later run with a higher budget
     continues where this one stopped. `workers` > 0 parses and validates replies in that many worker processes
-    (language detection is the costly part), which keeps the event loop free to send at full concurrency.
+    (language detection is the costly part), which keeps the event loop free to send at full concurrency; None
+    chooses by `auto_workers`.
     `stand_in=True` marks the run as the loopback stand-in's in stats.json (also detected from its answers' signature).
     """
     config = config or GenerateConfig()
+    if workers is None:
+        workers = auto_workers(concurrency)
     out = Path(out)
     resumed = _check_out_dir(out, config)
     cache_path = Path(cache) if cache else out / CACHE_FILE
@@ -558,7 +572,7 @@ def generate(
     runtime = {"backend": backend_name, "base_url": _safe_url(base_url or (os.environ.get("OPENAI_BASE_URL")
                                                                           if backend_name == "openai" else None)),
                "concurrency": concurrency, "max_cost": max_cost, "cache": str(cache_path), "timeout": timeout,
-               "stand_in": stand_in}
+               "stand_in": stand_in, "workers": workers}
     if isinstance(backend, str):  # before anything is written: a missing key leaves no half-made run behind
         model_arg = config.model if backend == "transformers" else None
         backend = make_backend(backend, model=model_arg, base_url=base_url, concurrency=concurrency,
@@ -661,7 +675,7 @@ def compute_stats(out: Path, config: GenerateConfig, plan: list[Planned], cache:
     stats = {
         "note": STAND_IN_NOTE if stand_in else "",
         "llm": {"backend": runtime["backend"], "model": config.model, "base_url": runtime.get("base_url"),
-                "stand_in": stand_in},
+                "stand_in": stand_in, "workers": runtime.get("workers")},
         "config": config.as_dict(),
         "complete": pending == 0,
         "stopped": client.stopped,
@@ -737,7 +751,9 @@ def configure_generate_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", default=None, help=f"response cache file (default OUT/{CACHE_FILE}); replay reads it")
     parser.add_argument("--prices", default=None, help="JSON/YAML price table {model: {input: USD/1M, output: USD/1M}}")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds before a request is abandoned and retried")
-    parser.add_argument("--workers", type=int, default=0, help="processes that parse and validate replies (0: inline)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes that parse and validate replies (0: inline; default: 1 when --concurrency "
+                             f"is {AUTO_WORKERS_CONCURRENCY} or more and there are 2+ cores, else 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
