@@ -53,13 +53,13 @@ def main(argv=None) -> int:
 
     from synthembed.losses import CachedInfoNCE, info_nce
     from synthembed.pooling import pool
-    from synthembed.train import add_lora, trainable_parameters
+    from synthembed.train import add_lora, enable_checkpointing, trainable_parameters
 
     torch.manual_seed(0)
     config = mistral_7b_config()
     with torch.device("cuda"):
         model = MistralModel(config).to(torch.bfloat16)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable_checkpointing(model)
     model = add_lora(model, rank=args.lora_rank)
     model.train()
     trainable, total = trainable_parameters(model)

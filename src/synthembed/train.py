@@ -313,6 +313,16 @@ class BatchPlan:
 # --- model -------------------------------------------------------------------------------------------------------------
 
 
+def enable_checkpointing(model) -> None:
+    """Recompute activations in backward (non-reentrant, which LoRA's frozen inputs need). transformers 5 renamed
+    gradient checkpointing to activation checkpointing; the old name warns and goes in v6."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def add_lora(model, rank: int = 16, alpha: int = 32, dropout: float = 0.1):
     """Wrap a transformers model with LoRA adapters on all linear layers (the paper's setting, rank 16); only the
     adapters train. Returns the peft model.
@@ -413,7 +423,7 @@ def train(args: TrainArguments, on_step: Callable[[int, float], Any] | None = No
     emb = load_embedder(args.base_model, pooling=args.pooling, max_len=args.max_len, device=accelerator.device, dtype=dtype)
     base_path = emb.model.config._name_or_path or args.base_model
     if args.gradient_checkpointing and not args.no_gradient_checkpointing:
-        emb.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(emb.model)
     if not args.no_lora:
         emb.model = add_lora(emb.model, args.lora_rank, args.lora_alpha, args.lora_dropout)
     emb.model.train()
