@@ -18,10 +18,13 @@ from synthembed.losses import CachedInfoNCE, info_nce, similarity_logits, text_i
 
 
 def reference_info_nce(q, p, n, q_texts, p_texts, n_texts, temperature=0.02, in_batch_negatives=True):
-    """Mean over i of -log softmax over query i's candidates, in float64 Python loops."""
+    """Mean over i of -log softmax over query i's candidates, in float64 Python loops. `in_batch_negatives` is one
+    flag for all queries or one per query."""
     cos = lambda a, b: float(torch.dot(a, b) / (a.norm() * b.norm()))  # noqa: E731
+    flags = [in_batch_negatives] * len(q) if isinstance(in_batch_negatives, bool) else list(in_batch_negatives)
     losses = []
     for i in range(len(q)):
+        in_batch_negatives = flags[i]
         positive = cos(q[i], p[i]) / temperature
         scores = [positive]
         for j in range(len(p)):
@@ -59,7 +62,8 @@ P_TEXTS = ["A", "B", "C", "A", "E", "F"]
 N_TEXTS = ["x0", "A", "A", None, "x4", "F"]
 
 
-@pytest.mark.parametrize("in_batch_negatives", [True, False])
+@pytest.mark.parametrize("in_batch_negatives", [True, False, (True, False, False, True, False, True)],
+                         ids=["in-batch", "none", "per-query"])
 @pytest.mark.parametrize("with_negatives", [True, False])
 @pytest.mark.parametrize("with_texts", [True, False])
 def test_info_nce_matches_hand_written_reference(in_batch_negatives, with_negatives, with_texts):
@@ -140,6 +144,8 @@ def test_bad_input_is_a_clear_error():
         info_nce(q, p[:3])
     with pytest.raises(SynthembedError, match="p_texts"):
         info_nce(q, p, p_texts=["a"])
+    with pytest.raises(SynthembedError, match="in_batch_negatives has 2 flags for a batch of 6"):
+        info_nce(q, p, in_batch_negatives=[True, False])
     with pytest.raises(SynthembedError, match="temperature"):
         similarity_logits(q, p, temperature=0.0)
     with pytest.raises(SynthembedError, match="positives"):
@@ -374,6 +380,21 @@ def _dist_worker(rank, world_size, init_file, batch):
         ddp_average()
         assert value == pytest.approx(ref.item(), abs=1e-10)
         for got, want in zip(grads(), ref_grads, strict=True):
+            torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
+
+        # One flag per query (long-short rows switch in-batch negatives off), split across the ranks like the rows.
+        flags = [i % 3 != 1 for i in range(len(queries))]
+        enc.zero_grad()
+        ref_flags = info_nce(embed(queries), embed(positives), embed([t or "" for t in negatives]), q_texts=queries,
+                             p_texts=positives, n_texts=negatives, in_batch_negatives=flags)  # fmt: skip
+        ref_flags.backward()
+        ref_flag_grads = grads()
+        assert ref_flags.item() != pytest.approx(ref.item())
+        enc.zero_grad()
+        value = CachedInfoNCE(embed, mini_batch_size=2, gather=True).step(q, p, n, in_batch_negatives=flags[mine])
+        ddp_average()
+        assert value == pytest.approx(ref_flags.item(), abs=1e-10)
+        for got, want in zip(grads(), ref_flag_grads, strict=True):
             torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
 
         # Gathering really adds the other rank's examples: a local loss is a different number.

@@ -129,6 +129,38 @@ def test_sigkill_then_resume_matches_uninterrupted(examples, tiny_mistral, tmp_p
 
 
 @pytest.mark.slow
+def test_in_batch_negatives_switched_off_for_one_task_group(examples, tiny_mistral, tmp_path):
+    """The first logged loss (before any update; LoRA starts as a no-op) equals info_nce on the base model's embeddings
+    of the first batch, with in-batch negatives off for exactly the sts rows; and it differs from the default's."""
+    import torch
+
+    from synthembed.losses import info_nce
+    from synthembed.model import load_embedder
+    from synthembed.train import load_pairs
+
+    settings = dict(max_steps=1, save_every=0, no_export=True, lora_dropout=0.0)
+    off = _args(examples, tiny_mistral, tmp_path / "off", no_in_batch_negatives_for=["sts"], **settings)
+    train(off)
+    train(_args(examples, tiny_mistral, tmp_path / "on", **settings))
+    rows = BatchPlan(load_pairs(off), off.batch_size, seed=off.seed).batch(0)
+    flags = [r.task_type != "sts" for r in rows]
+    assert 0 < flags.count(False) < len(flags)  # the batch mixes groups
+    emb = load_embedder(str(tiny_mistral), max_len=32, device="cpu")
+    with torch.no_grad():
+        embed = lambda texts: emb.embed(emb.tokenize(texts))  # noqa: E731
+        q, p = embed([r.query for r in rows]), embed([r.positive for r in rows])
+        present = [i for i, r in enumerate(rows) if r.negative is not None]
+        n = q.new_zeros(q.shape).index_copy(0, torch.tensor(present), embed([rows[i].negative for i in present]))
+        texts = dict(q_texts=[r.query for r in rows], p_texts=[r.positive for r in rows],
+                     n_texts=[r.negative for r in rows])  # fmt: skip
+        want_off = info_nce(q, p, n, in_batch_negatives=flags, **texts).item()
+        want_on = info_nce(q, p, n, **texts).item()
+    assert _losses(tmp_path / "off")[0][1] == pytest.approx(want_off, abs=1e-5)
+    assert _losses(tmp_path / "on")[0][1] == pytest.approx(want_on, abs=1e-5)
+    assert want_off != pytest.approx(want_on, abs=1e-3)
+
+
+@pytest.mark.slow
 def test_two_process_ddp_equals_one_process(examples, tiny_mistral, tmp_path):
     """torchrun with 2 CPU processes (gloo) and the global batch split between them: the gathered in-batch negatives
     make every step's loss, and the trained weights, those of one process holding the whole batch. No dropout, so
@@ -244,6 +276,8 @@ def test_bad_settings(examples, tmp_path, capsys):
     assert "cannot load model" in capsys.readouterr().err and not (tmp_path / "o").exists()
     assert main(base + ["--base-model", "x", "--batch-size", "8", "--mini-batch-size", "3"]) == 2
     assert "--mini-batch-size 3 does not divide" in capsys.readouterr().err
+    assert main(base + ["--base-model", "x", "--no-in-batch-negatives-for", "long-short,classification"]) == 2
+    assert "unknown task group classification" in capsys.readouterr().err
     assert main(base + ["--base-model", "x", "--resume"]) == 2
     assert "holds no checkpoint" in capsys.readouterr().err
     # a finished run is never overwritten: a non-empty --out without --resume is refused and left as it was

@@ -123,7 +123,7 @@ def info_nce(
     n_reps: Tensor | None = None,
     *,
     temperature: float = TEMPERATURE,
-    in_batch_negatives: bool = True,
+    in_batch_negatives: bool | Sequence[bool] = True,
     q_texts: Sequence[str] | None = None,
     p_texts: Sequence[str] | None = None,
     n_texts: Sequence[str | None] | None = None,
@@ -146,7 +146,8 @@ def info_nce(
         n_reps: (B, D) hard negative representations, row i for query i, or None. Where only some queries have a hard
             negative, give their texts in `n_texts` with None for the missing ones (their rows are ignored).
         temperature: tau, 0.02 in the paper (logits = cos / temperature; other libraries' scale = 1 / temperature).
-        in_batch_negatives: use the other queries' positives and hard negatives as negatives.
+        in_batch_negatives: use the other queries' positives and hard negatives as negatives; one flag for the batch,
+            or one per query (B flags), so that a batch mixing task groups can switch them off for its long-short rows.
         q_texts, p_texts, n_texts: the texts behind the representations, each of length B; they enable the duplicate
             masking (any may be omitted). `n_texts` may hold None for queries without a hard negative.
         gather: when torch.distributed is initialised with more than one process, all-gather the representations
@@ -177,6 +178,12 @@ def info_nce(
     if n_texts is not None and n_reps is None:
         raise SynthembedError("n_texts given without n_reps")
     device = q_reps.device
+    if isinstance(in_batch_negatives, bool):
+        in_batch = torch.full((batch,), in_batch_negatives, dtype=torch.long, device=device)  # (B,)
+    else:
+        if len(in_batch_negatives) != batch:
+            raise SynthembedError(f"in_batch_negatives has {len(in_batch_negatives)} flags for a batch of {batch}")
+        in_batch = torch.tensor([bool(f) for f in in_batch_negatives], dtype=torch.long, device=device)  # (B,)
     if q_reps.dtype in (torch.float16, torch.bfloat16):  # cos / 0.02 spans +-50: softmax in float32
         q_reps, p_reps = q_reps.float(), p_reps.float()
         n_reps = n_reps.float() if n_reps is not None else None
@@ -193,14 +200,14 @@ def info_nce(
             n_reps = q_reps.new_zeros(q_reps.shape)
             n_ids = torch.full((batch,), _ABSENT, dtype=torch.long, device=device)
         q_reps, p_reps, n_reps = (_gather_with_grad(t) for t in (q_reps, p_reps, n_reps))  # (N, D) each
-        q_ids, p_ids, n_ids = (_gather_with_grad(t) for t in (q_ids, p_ids, n_ids))  # (N,) each
+        q_ids, p_ids, n_ids, in_batch = (_gather_with_grad(t) for t in (q_ids, p_ids, n_ids, in_batch))  # (N,) each
 
     num = q_reps.shape[0]  # N: the global batch
     candidates = p_reps if n_reps is None else torch.cat([p_reps, n_reps])  # (N, D) or (2N, D)
     logits = similarity_logits(q_reps, candidates, temperature)  # (N, N) or (N, 2N)
 
     eye = torch.eye(num, dtype=torch.bool, device=device)  # (N, N)
-    others = ~eye if not in_batch_negatives else torch.zeros_like(eye)  # other queries' candidates, when switched off
+    others = ~eye & (in_batch == 0)[:, None]  # (N, N) other queries' candidates, for rows that switched them off
     # mask_p[i, j]: p_j is no negative for query i (a copy of p_i, or the positive of a query identical to q_i)
     mask_p = others | ((_same(p_ids, p_ids) | _same(q_ids, q_ids)) & ~eye)  # (N, N)
     masks = [mask_p]
@@ -248,7 +255,8 @@ class CachedInfoNCE:
             ``lambda texts: embedder.embed(embedder.tokenize(texts))``.
         mini_batch_size: texts per forward pass; bounds the activation memory.
         temperature: tau, 0.02 in the paper (logits = cos / temperature).
-        in_batch_negatives: as in `info_nce`; off for long-short (classification) data.
+        in_batch_negatives: as in `info_nce`; off for long-short (classification) data. `step` may also take one
+            flag per query.
         gather: all-gather the representations across ranks (see `info_nce`); every rank must call `step`.
         no_sync: optional context manager factory (e.g. ``model.no_sync`` of DDP, or
             ``lambda: accelerator.no_sync(model)``) entered for every re-embedding backward but the last, so that DDP
@@ -297,13 +305,20 @@ class CachedInfoNCE:
     def _chunks(self, texts: list[str]) -> list[list[str]]:
         return [texts[i : i + self.mini_batch_size] for i in range(0, len(texts), self.mini_batch_size)]
 
-    def step(self, queries: list[str], positives: list[str], negatives: list[str | None] | None = None) -> float:
+    def step(
+        self,
+        queries: list[str],
+        positives: list[str],
+        negatives: list[str | None] | None = None,
+        in_batch_negatives: Sequence[bool] | None = None,
+    ) -> float:
         """Loss and backward for one batch; the optimizer step (and zero_grad) is the caller's.
 
         Args:
             queries: B query texts (already formatted with their instruction).
             positives: B positive documents.
             negatives: B hard negatives, or None for groups without them; single entries may be None.
+            in_batch_negatives: one flag per query for this batch (default: the loss's own setting for all).
 
         Returns:
             The loss value (the global loss when gathering).
@@ -353,7 +368,7 @@ class CachedInfoNCE:
             leaves[1],
             n_reps,
             temperature=self.temperature,
-            in_batch_negatives=self.in_batch_negatives,
+            in_batch_negatives=self.in_batch_negatives if in_batch_negatives is None else list(in_batch_negatives),
             q_texts=queries,
             p_texts=positives,
             n_texts=n_texts,

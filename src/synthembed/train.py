@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import (
+    TASK_TYPES,
     TrainingPair,
     beir_instruction,
     beir_to_pairs,
@@ -92,6 +93,11 @@ class TrainArguments:
     group_by_task_type: bool = field(
         default=False, metadata={"help": "draw every batch from one task group (short-long, sts, ...)"}
     )
+    no_in_batch_negatives_for: list[str] | None = field(
+        default=None,
+        metadata={"help": "comma-separated task groups whose queries see only their own positive and hard negative, "
+                          "e.g. long-short (classification: many examples share a label text)"},
+    )
     beir_split: str = field(default="train", metadata={"help": "qrels split of BEIR folders used for training"})
     beir_instruction: str = field(
         default="auto",
@@ -112,7 +118,7 @@ class TrainArguments:
 
 # --- command line ------------------------------------------------------------------------------------------------------
 
-_LIST_FIELDS = {"data": str, "mix": float}
+_LIST_FIELDS = {"data": str, "mix": float, "no_in_batch_negatives_for": str}
 _FLAGS = {"no_lora", "group_by_task_type", "resume", "no_export", "no_gradient_checkpointing"}
 _HIDDEN = {"gradient_checkpointing", "progress"}
 
@@ -323,6 +329,17 @@ def enable_checkpointing(model) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
+def in_batch_flags(rows: list[TrainingPair], without: list[str] | None) -> list[bool] | None:
+    """Per row: may its query use the other rows' documents as negatives? None when every row may (the default).
+
+    >>> in_batch_flags([TrainingPair(query="q", positive="p", task_type="long-short")], ["long-short"])
+    [False]
+    """
+    if not without:
+        return None
+    return [row.task_type not in without for row in rows]
+
+
 def add_lora(model, rank: int = 16, alpha: int = 32, dropout: float = 0.1):
     """Wrap a transformers model with LoRA adapters on all linear layers (the paper's setting, rank 16); only the
     adapters train. Returns the peft model.
@@ -388,6 +405,11 @@ def train(args: TrainArguments, on_step: Callable[[int, float], Any] | None = No
         raise SynthembedError(f"--max-steps must be at least 1, got {args.max_steps}")
     if args.save_every < 0 or args.log_every < 1:
         raise SynthembedError("--save-every must be >= 0 and --log-every >= 1")
+    unknown = sorted(set(args.no_in_batch_negatives_for or ()) - set(TASK_TYPES))
+    if unknown:
+        raise SynthembedError(
+            f"--no-in-batch-negatives-for: unknown task group {', '.join(unknown)} (one of {', '.join(TASK_TYPES)})"
+        )
 
     on_gpu = torch.cuda.is_available()
     sharded = [name for name, var in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
@@ -478,6 +500,7 @@ def train(args: TrainArguments, on_step: Callable[[int, float], Any] | None = No
         rows = plan.batch(step)[accelerator.process_index * per_process : (accelerator.process_index + 1) * per_process]
         queries, positives = [r.query for r in rows], [r.positive for r in rows]
         negatives = [r.negative for r in rows] if any(r.negative is not None for r in rows) else None
+        in_batch = in_batch_flags(rows, args.no_in_batch_negatives_for)  # (b,) or None: in-batch for all
         tokens[0] = 0
         if mini == per_process:  # one pass: the plain loss, backpropagated by accelerate (DeepSpeed needs that)
             q_reps, p_reps = embed_fn(queries), embed_fn(positives)  # (b, D) each
@@ -489,11 +512,12 @@ def train(args: TrainArguments, on_step: Callable[[int, float], Any] | None = No
             loss_t = info_nce(
                 q_reps, p_reps, n_reps, temperature=args.temperature, q_texts=queries, p_texts=positives,
                 n_texts=negatives, gather=accelerator.num_processes > 1,
+                in_batch_negatives=True if in_batch is None else in_batch,
             )
             accelerator.backward(loss_t)
             loss = float(loss_t.detach())
         else:
-            loss = cached.step(queries, positives, negatives)
+            loss = cached.step(queries, positives, negatives, in_batch_negatives=in_batch)
             tokens[0] //= 2  # the cached loss embeds every text twice (without, then with a graph)
         grad_norm = float("nan")
         if args.max_grad_norm > 0:
