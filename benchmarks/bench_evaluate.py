@@ -29,7 +29,7 @@ def plain_mteb(model_path: str, task_dir: Path, limit: int | None, batch_size: i
     import mteb
     from sentence_transformers import SentenceTransformer
 
-    from synthembed.local_tasks import local_task
+    from synthembed.evaluation.tasks import local_task
 
     start = time.perf_counter()
     model = SentenceTransformer(model_path, device="cpu")
@@ -45,7 +45,7 @@ def plain_mteb(model_path: str, task_dir: Path, limit: int | None, batch_size: i
 
 
 def ours(model_path: str, task_dir: Path, limit: int | None, batch_size: int, cache_dir: Path) -> tuple[float, float]:
-    from synthembed.evaluate import evaluate_model
+    from synthembed.evaluation.run import evaluate_model
 
     start = time.perf_counter()
     results = evaluate_model(

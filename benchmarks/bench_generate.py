@@ -7,7 +7,7 @@ The server runs in its own process (so its work is not billed to the pipeline). 
 client can beat C / L requests per second: that is the ideal. Two clients run side by side in this process:
 - peer: a bare `openai.AsyncOpenAI` loop with a semaphore of C, sending the same generation prompts and doing nothing
   with the replies (no cache, no parsing);
-- ours: `synthembed.generate.generate` into a fresh directory: brainstorm, generate, cache every response in SQLite,
+- ours: `synthembed.generation.pipeline.generate` into a fresh directory: brainstorm, generate, cache every response in SQLite,
   parse, validate (pydantic + language detection), deduplicate, write JSONL.
 It prints the median examples per second, the ratio to the ideal for the generation stage, and our CPU time per example.
 Target: ours at 0.9 of the ideal or better.
@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from synthembed.generate import GenerateConfig, generate, generation_plan
+from synthembed.generation.pipeline import GenerateConfig, generate, generation_plan
 
 LANGUAGES = "English,German,French,Spanish,Russian,Japanese"
 
@@ -41,7 +41,7 @@ def _free_port() -> int:
 
 def _start_server(latency: float) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "synthembed.loopback", "--port", str(port), "--latency", str(latency)],
+    proc = subprocess.Popen([sys.executable, "-m", "synthembed.testing.loopback", "--port", str(port), "--latency", str(latency)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     proc.stdout.readline()  # the "loopback stand-in LLM at ..." line: the server is listening
     return proc, f"http://127.0.0.1:{port}/v1"

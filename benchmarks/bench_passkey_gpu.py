@@ -6,7 +6,7 @@ reference implementation) on the same weights.
     .venv/bin/python benchmarks/bench_passkey_gpu.py --lengths 4k,32k --docs 4
     .venv/bin/python benchmarks/bench_passkey_gpu.py --cpu                   # tiny Mistral on CPU, short lengths
 
-Documents come from `synthembed.passkey.make_passkey_set` (exact token lengths) and are encoded through
+Documents come from `synthembed.evaluation.passkey.make_passkey_set` (exact token lengths) and are encoded through
 `Embedder.encode` (EOS appended, last-token pooling), in batches of about --batch-tokens tokens, as the passkey grid does.
 Per length and attention implementation it prints the median documents per second over --repeats timed runs (after one
 warm-up), the peak GPU memory (torch.cuda.max_memory_allocated), and the ratio ours / peer. A length that does not fit
@@ -46,7 +46,7 @@ def build_model(cpu: bool, sliding_window: int | None):
     import torch
     from transformers import MistralConfig, MistralModel
 
-    from synthembed.tiny import TINY_DEFAULTS, build_tiny_tokenizer
+    from synthembed.testing.tiny import TINY_DEFAULTS, build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()
     shape = dict(TINY_DEFAULTS) | {"vocab_size": len(tokenizer)} if cpu else dict(MISTRAL_7B)
@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    from synthembed.evaluation.passkey import _is_out_of_memory, make_passkey_set
     from synthembed.model import Embedder
-    from synthembed.passkey import _is_out_of_memory, make_passkey_set
 
     lengths = _lengths(args.lengths or ("512,1024,2048" if args.cpu else "4k,8k,16k,32k"))
     model, tokenizer = build_model(args.cpu, args.sliding_window)

@@ -1,4 +1,4 @@
-"""CPU training: our loop (synthembed.train with the cached InfoNCE) against sentence-transformers' trainer with
+"""CPU training: our loop (synthembed.training.loop with the cached InfoNCE) against sentence-transformers' trainer with
 CachedMultipleNegativesRankingLoss, and the peak memory of a 2048 batch with and without the cache.
 
     .venv/bin/python benchmarks/bench_train_cpu.py                          # both parts, default sizes
@@ -39,7 +39,7 @@ LR = 2e-5
 
 def scifact_args(out: str, batch_size: int, mini_batch_size: int, steps: int, max_len: int):
     from synthembed.paths import minilm_path, shared_data
-    from synthembed.train import TrainArguments
+    from synthembed.training.loop import TrainArguments
 
     return TrainArguments(
         data=[str(shared_data("beir", "scifact"))],
@@ -75,7 +75,7 @@ def step_rates(stamps: list[tuple[float, float]], batch_size: int) -> list[tuple
 
 
 def run_ours(batch_size: int, mini_batch_size: int, steps: int, max_len: int) -> list[tuple[float, float]]:
-    from synthembed.train import train
+    from synthembed.training.loop import train
 
     stamps: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory(prefix="bench-ours-") as tmp:
@@ -101,7 +101,7 @@ def run_sentence_transformers(
     from transformers import TrainerCallback
 
     from synthembed.paths import minilm_path
-    from synthembed.train import load_pairs
+    from synthembed.training.loop import load_pairs
 
     with tempfile.TemporaryDirectory(prefix="bench-st-") as tmp:
         pairs = load_pairs(scifact_args(tmp, batch_size, mini_batch_size, steps, max_len))  # the same mined pairs
@@ -169,7 +169,7 @@ def speed(args: argparse.Namespace) -> dict:
     result["ratio_cpu"] = result["ours_examples_per_cpu_s"] / result["sentence_transformers_examples_per_cpu_s"]
     print(
         "median examples per second (wall | per CPU second)\n"
-        f"  ours (synthembed.train, CachedInfoNCE):                     {result['ours_examples_per_s']:8.2f} | "
+        f"  ours (synthembed.training.loop, CachedInfoNCE):                     {result['ours_examples_per_s']:8.2f} | "
         f"{result['ours_examples_per_cpu_s']:8.2f}\n"
         f"  sentence-transformers (CachedMultipleNegativesRankingLoss): "
         f"{result['sentence_transformers_examples_per_s']:8.2f} | {result['sentence_transformers_examples_per_cpu_s']:8.2f}\n"

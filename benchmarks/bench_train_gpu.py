@@ -53,7 +53,7 @@ def main(argv=None) -> int:
 
     from synthembed.losses import CachedInfoNCE, info_nce
     from synthembed.pooling import pool
-    from synthembed.train import add_lora, enable_checkpointing, trainable_parameters
+    from synthembed.training.loop import add_lora, enable_checkpointing, trainable_parameters
 
     torch.manual_seed(0)
     config = mistral_7b_config()

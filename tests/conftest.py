@@ -36,7 +36,7 @@ def minilm() -> Path:
 @pytest.fixture(scope="session")
 def tiny_mistral(tmp_path_factory) -> Path:
     """A tiny random-weight Mistral with a locally trained tokenizer (adds BOS, not EOS, like Mistral's)."""
-    from synthembed.tiny import build_tiny_mistral
+    from synthembed.testing.tiny import build_tiny_mistral
 
     return build_tiny_mistral(tmp_path_factory.mktemp("tiny-mistral"))
 

@@ -17,7 +17,7 @@ from synthembed.data import (
     read_beir,
 )
 from synthembed.errors import SynthembedError
-from synthembed.mining import mine_bm25
+from synthembed.training.mining import mine_bm25
 
 
 def _example(i, task_type="short-long", negative="neg"):

@@ -10,7 +10,7 @@ import pytest
 
 from synthembed.cli import main
 from synthembed.errors import SynthembedError
-from synthembed.evaluate import (
+from synthembed.evaluation.run import (
     EmbeddingCache,
     averages,
     category_table,
@@ -21,7 +21,7 @@ from synthembed.evaluate import (
     task_table,
     to_markdown,
 )
-from synthembed.local_tasks import detect_kind, label_ids, local_task
+from synthembed.evaluation.tasks import detect_kind, label_ids, local_task
 
 DOCS = [
     ("d1", "Cats", "Cats are small domesticated carnivorous mammals that purr."),
@@ -312,7 +312,7 @@ def test_cli_bad_input_fails_clearly_and_writes_nothing(tmp_path, beir_dir, mini
 
 
 def test_find_trained_models_prefers_merged_and_skips_checkpoints(tmp_path):
-    from synthembed.evaluate import find_trained_models
+    from synthembed.evaluation.run import find_trained_models
 
     for sub in ("synthetic/merged", "synthetic/adapter", "synthetic/checkpoints/step-000002", "msmarco/adapter"):
         (tmp_path / "train" / sub).mkdir(parents=True)

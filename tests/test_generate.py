@@ -9,7 +9,7 @@ import pytest
 
 from synthembed.data import Example, read_examples
 from synthembed.errors import SynthembedError
-from synthembed.generate import (
+from synthembed.generation.pipeline import (
     Deduplicator,
     GenerateConfig,
     _truncate_partial_line,
@@ -18,7 +18,7 @@ from synthembed.generate import (
     generation_plan,
     normalize_text,
 )
-from synthembed.loopback import LoopbackServer
+from synthembed.testing.loopback import LoopbackServer
 
 CONFIG = dict(model="loopback", tasks_per_type=2, examples_per_task=2, languages="English,German,Spanish", seed=0)
 
@@ -195,7 +195,7 @@ def test_judging_in_worker_processes_gives_the_same_run(tmp_path, server):
 
 
 def test_workers_default_follows_the_concurrency(tmp_path, server, monkeypatch):
-    from synthembed.generate import AUTO_WORKERS_CONCURRENCY, auto_workers
+    from synthembed.generation.pipeline import AUTO_WORKERS_CONCURRENCY, auto_workers
 
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     assert auto_workers(AUTO_WORKERS_CONCURRENCY - 1) == 0 and auto_workers(AUTO_WORKERS_CONCURRENCY) == 1

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from synthembed.loopback import Faults, LoopbackServer
+from synthembed.testing.loopback import Faults, LoopbackServer
 
 CONCURRENCY = 4
 

@@ -122,7 +122,7 @@ def test_bitext_pairs_are_always_two_different_languages():
 
 
 def test_iso_codes_are_the_detectors_labels():
-    from synthembed.parsing import _identifier
+    from synthembed.generation.parsing import _identifier
 
     labels = set(_identifier().labels)
     codes = {name: iso_code(name) for name in LANGUAGES}

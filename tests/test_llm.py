@@ -9,7 +9,7 @@ import time
 import pytest
 
 from synthembed.errors import SynthembedError
-from synthembed.llm import (
+from synthembed.generation.llm import (
     CacheMiss,
     ChatRequest,
     ChatResponse,
@@ -167,7 +167,7 @@ def test_replay_answers_only_from_the_cache(tmp_path):
 
 
 def test_openai_backend_needs_key_or_base_url(monkeypatch):
-    from synthembed.llm import OpenAIBackend
+    from synthembed.generation.llm import OpenAIBackend
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
@@ -178,7 +178,7 @@ def test_openai_backend_needs_key_or_base_url(monkeypatch):
 
 @pytest.mark.slow
 def test_transformers_backend_batches_with_left_padding(tiny_mistral):
-    from synthembed.llm import TransformersBackend
+    from synthembed.generation.llm import TransformersBackend
 
     backend = TransformersBackend(str(tiny_mistral), batch_size=3, max_new_tokens=6, device="cpu")
     assert backend.tokenizer.padding_side == "left" and backend.tokenizer.chat_template

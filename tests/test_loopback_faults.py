@@ -10,10 +10,16 @@ import random
 import openai
 import pytest
 
-from synthembed.generate import GenerateConfig, generate
-from synthembed.loopback import Faults, LoopbackServer, TextSource, detect_request
-from synthembed.parsing import check_language, parse_json_object, parse_task_list, validate_example
-from synthembed.prompts import OUTPUT_FIELDS, TASK_TYPES, brainstorm_prompt, generation_prompt, sample_placeholders
+from synthembed.generation.parsing import check_language, parse_json_object, parse_task_list, validate_example
+from synthembed.generation.pipeline import GenerateConfig, generate
+from synthembed.generation.prompts import (
+    OUTPUT_FIELDS,
+    TASK_TYPES,
+    brainstorm_prompt,
+    generation_prompt,
+    sample_placeholders,
+)
+from synthembed.testing.loopback import Faults, LoopbackServer, TextSource, detect_request
 
 LANGUAGES = "English,German,French,Japanese"
 CONFIG = dict(model="loopback", tasks_per_type=1, examples_per_task=3, languages=LANGUAGES, seed=1)

@@ -12,8 +12,7 @@ import pytest
 
 from synthembed.data import TASK_TYPES, write_jsonl
 from synthembed.errors import SynthembedError
-from synthembed.languages import LANGUAGES, language_weights
-from synthembed.multilingual import (
+from synthembed.evaluation.multilingual import (
     ISO639_3_NAMES,
     detect_script,
     group_means,
@@ -30,6 +29,7 @@ from synthembed.multilingual import (
     text_lengths,
     verification_rates,
 )
+from synthembed.languages import LANGUAGES, language_weights
 
 W = language_weights()
 
@@ -147,8 +147,8 @@ def test_missing_run_is_a_clear_error(tmp_path):
 
 def test_agrees_with_generate_stats_on_a_loopback_run(tmp_path):
     """The same counts as generate.py's stats.json, on a real run with scripted wrong-language replies."""
-    from synthembed.generate import GenerateConfig, generate
-    from synthembed.loopback import Faults, LoopbackServer
+    from synthembed.generation.pipeline import GenerateConfig, generate
+    from synthembed.testing.loopback import Faults, LoopbackServer
 
     config = GenerateConfig(model="loopback", task_types=("short-short", "sts", "bitext"), tasks_per_type=3,
                             examples_per_task=3, languages="English,German,French,Russian,Japanese", seed=1)  # fmt: skip

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from synthembed.prompts import TASK_TYPES
+from synthembed.generation.prompts import TASK_TYPES
 
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]
 

@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from synthembed.parsing import (
+from synthembed.generation.parsing import (
     REASONS,
     ParseError,
     Verdict,

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from synthembed import passkey
 from synthembed.cli import main
 from synthembed.errors import SynthembedError
-from synthembed.passkey import (
+from synthembed.evaluation import passkey
+from synthembed.evaluation.passkey import (
     NEEDLE,
     PasskeySetting,
     count_tokens,

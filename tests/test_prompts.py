@@ -13,8 +13,7 @@ import pytest
 
 from synthembed.data import TASK_TYPES
 from synthembed.errors import SynthembedError
-from synthembed.languages import LANGUAGES
-from synthembed.prompts import (
+from synthembed.generation.prompts import (
     BITEXT_INSTRUCTION,
     OUTPUT_FIELDS,
     PLACEHOLDER_VALUES,
@@ -26,6 +25,7 @@ from synthembed.prompts import (
     sample_placeholders,
     task_instruction,
 )
+from synthembed.languages import LANGUAGES
 
 # PAPER.md, "Placeholders sampled into the generation prompt" (the paper's Table 8), written out independently.
 EXPECTED_PLACEHOLDERS = {
@@ -207,7 +207,7 @@ def test_bad_placeholders_are_refused():
 
 
 def test_templates_are_package_data_in_our_own_words():
-    folder = resources.files("synthembed").joinpath("prompts")
+    folder = resources.files("synthembed.generation").joinpath("templates")
     names = {entry.name for entry in folder.iterdir() if entry.name.endswith(".txt")}
     assert names == {f"brainstorm_{t}.txt" for t in ASYMMETRIC} | {f"generate_{t}.txt" for t in TASK_TYPES}
     # the paper's own prompt sentences must not be copied
@@ -222,11 +222,11 @@ def test_docstring_examples_run():
     """The one-line examples in the docstrings of languages, prompts and parsing are true."""
     import doctest
 
+    import synthembed.generation.parsing
+    import synthembed.generation.prompts
     import synthembed.languages
-    import synthembed.parsing
-    import synthembed.prompts
 
-    for module in (synthembed.languages, synthembed.prompts, synthembed.parsing):
+    for module in (synthembed.languages, synthembed.generation.prompts, synthembed.generation.parsing):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted > 3, module.__name__
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from synthembed.multilingual import (
+from synthembed.evaluation.multilingual import (
     MINILM_TATOEBA_F1,
     MINILM_TATOEBA_F1_BY_LANGUAGE,
     TATOEBA_TOLERANCE,

@@ -15,7 +15,7 @@ import pytest
 from synthembed.cli import main
 from synthembed.data import Example, TrainingPair, write_jsonl
 from synthembed.errors import SynthembedError
-from synthembed.train import BatchPlan, TrainArguments, check_batch_sizes, train
+from synthembed.training.loop import BatchPlan, TrainArguments, check_batch_sizes, train
 
 WORDS = "apple river protein gene planet ocean forest music city virus star cell drug mountain".split()
 
@@ -108,7 +108,7 @@ def test_sigkill_then_resume_matches_uninterrupted(examples, tiny_mistral, tmp_p
     killed = tmp_path / "killed"
     script = textwrap.dedent(f"""
         import json, os, signal
-        from synthembed.train import TrainArguments, train
+        from synthembed.training.loop import TrainArguments, train
         args = TrainArguments(**json.loads({json.dumps(json.dumps(_args(examples, tiny_mistral, killed, no_export=True).__dict__))}))
         train(args, on_step=lambda step, loss: step == 5 and os.kill(os.getpid(), signal.SIGKILL))
     """)
@@ -136,7 +136,7 @@ def test_in_batch_negatives_switched_off_for_one_task_group(examples, tiny_mistr
 
     from synthembed.losses import info_nce
     from synthembed.model import load_embedder
-    from synthembed.train import load_pairs
+    from synthembed.training.loop import load_pairs
 
     settings = dict(max_steps=1, save_every=0, no_export=True, lora_dropout=0.0)
     off = _args(examples, tiny_mistral, tmp_path / "off", no_in_batch_negatives_for=["sts"], **settings)
@@ -198,7 +198,7 @@ def test_export_loads_in_sentence_transformers(kind, examples, tiny_mistral, min
     import numpy as np
     from sentence_transformers import SentenceTransformer
 
-    from synthembed.evaluate import uses_instructions
+    from synthembed.evaluation.run import uses_instructions
     from synthembed.model import load_embedder
 
     lora = kind.endswith("lora")
@@ -231,7 +231,7 @@ def test_export_without_instructions_says_so(minilm, tmp_path):
     then leaves queries plain, and the sentence-transformers query prompt is empty."""
     from sentence_transformers import SentenceTransformer
 
-    from synthembed.evaluate import uses_instructions
+    from synthembed.evaluation.run import uses_instructions
 
     beir = tmp_path / "beir"
     (beir / "qrels").mkdir(parents=True)

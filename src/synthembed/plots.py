@@ -180,7 +180,7 @@ def _grouped_bars(ax, labels: list[str], series: dict[str, list[float | None]], 
 
 
 def plot_task_scores(table, path=None, title: str = "Main score per task (x100), ours beside published"):
-    """Bars per task from `synthembed.evaluate.task_table` (columns after task/kind/metric are runs or published)."""
+    """Bars per task from `synthembed.evaluation.run.task_table` (columns after task/kind/metric are runs or published)."""
     series_names = [c for c in table.columns if c not in ("task", "kind", "metric")]
     fig, ax = new_figure(max(7.0, 1.2 * len(table) + 3), 4.5)
     series = {name: [None if v != v else v for v in table[name].tolist()] for name in series_names}  # NaN -> None
@@ -192,7 +192,7 @@ def plot_task_scores(table, path=None, title: str = "Main score per task (x100),
 
 
 def plot_category_scores(table, path=None, title: str = "Average per category (x100) beside the paper's Table 1"):
-    """Bars per category from `synthembed.evaluate.category_table`; the paper's columns hatched (56 MTEB datasets)."""
+    """Bars per category from `synthembed.evaluation.run.category_table`; the paper's columns hatched (56 MTEB datasets)."""
     series_names = [c for c in table.columns if c != "category"]
     fig, ax = new_figure(max(7.0, 1.0 * len(table) * max(1, len(series_names)) / 3 + 3), 4.5)
     series = {name: [None if v != v else v for v in table[name].tolist()] for name in series_names}
@@ -352,7 +352,7 @@ def plot_passkey_lines(
 ):
     """Accuracy (%) against length, one solid line per setting; the paper's points (dashed, x) and bands beside them.
 
-    `paper` maps a setting label to {"points": {length: %}, "band": (low, high)} (synthembed.passkey.PAPER_FIGURE5);
+    `paper` maps a setting label to {"points": {length: %}, "band": (low, high)} (synthembed.evaluation.passkey.PAPER_FIGURE5);
     a label that matches one of ours shares its colour. `chance` (a fraction) draws the chance level.
     """
     fig, ax = new_figure(7.5, 4.2)

@@ -2,7 +2,7 @@
 grouped into high- and low-resource as the paper does, and bitext-mining scores per language beside each language's
 share of the training data.
 
-    from synthembed.multilingual import language_table, verification_rates, evaluate_bitext, join_shares
+    from synthembed.evaluation.multilingual import language_table, verification_rates, evaluate_bitext, join_shares
     table = language_table("runs/smoke/generation")                 # count, share, paper_share per language
     rates = verification_rates("runs/smoke/generation")             # share of outputs in the requested language
     scores = evaluate_bitext("all-MiniLM-L6-v2", shared_data("multilingual", "tatoeba"), languages=["deu", "cmn"])
@@ -28,9 +28,9 @@ from typing import Any
 
 import pandas as pd
 
-from .data import TASK_TYPES, iter_jsonl
-from .errors import SynthembedError
-from .languages import HIGH_RESOURCE, ISO639_3_NAMES, LANGUAGES, canonical_language, language_weights
+from ..data import TASK_TYPES, iter_jsonl
+from ..errors import SynthembedError
+from ..languages import HIGH_RESOURCE, ISO639_3_NAMES, LANGUAGES, canonical_language, language_weights
 
 # --- published numbers to put beside ours (x100; ../shared/data/README.md, PAPER.md) --------------------------------------
 
@@ -288,7 +288,7 @@ def text_lengths(run) -> pd.DataFrame:
 
     For bitext the query is in src_lang and the documents in tgt_lang, so `language` is the language of that text.
     """
-    from .parsing import word_count
+    from ..generation.parsing import word_count
 
     examples, _ = _as_run(run)
     rows = []
@@ -430,7 +430,7 @@ class DistinctTexts:
 
 def bitext_task(path: str | Path, languages: Sequence[str] | None = None, limit: int | None = None):
     """The local Tatoeba or FLORES folder as mteb's own bitext-mining task (local_tasks.local_task)."""
-    from .local_tasks import local_task
+    from .tasks import local_task
 
     return local_task(path, kind="bitext", languages=list(languages) if languages else None, limit=limit)
 
@@ -465,11 +465,11 @@ def evaluate_bitext(
         >>> round(t.loc[0, "score"], 2)  # doctest: +SKIP
         7.89
     """
-    from .evaluate import evaluate_model
+    from .run import evaluate_model
 
     task = bitext_task(path, languages, limit)
     if embedder is None:
-        from .model import load_embedder
+        from ..model import load_embedder
 
         embedder = DistinctTexts(load_embedder(model))
     scripts = {task.metadata.name: data_scripts(task)}

@@ -1,7 +1,7 @@
 """Brainstorm and generation prompts for the paper's six task groups, with seeded placeholder sampling.
 
     import random
-    from synthembed.prompts import brainstorm_prompt, generation_prompt, sample_placeholders
+    from synthembed.generation.prompts import brainstorm_prompt, generation_prompt, sample_placeholders
     rng = random.Random(0)
     tasks_prompt = brainstorm_prompt("short-long", rng)              # asks for ~20 task definitions as a JSON list
     placeholders = sample_placeholders("short-long", rng)            # {'query_type': ..., ..., 'language': 'English'}
@@ -24,9 +24,9 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from .data import ASYMMETRIC_TASK_TYPES, SYMMETRIC_TASK_TYPES, TASK_TYPES
-from .errors import SynthembedError
-from .languages import canonical_language, sample_language, sample_language_pair
+from ..data import ASYMMETRIC_TASK_TYPES, SYMMETRIC_TASK_TYPES, TASK_TYPES
+from ..errors import SynthembedError
+from ..languages import canonical_language, sample_language, sample_language_pair
 
 __all__ = [
     "ASYMMETRIC_TASK_TYPES", "BITEXT_INSTRUCTION", "BRAINSTORM_EXAMPLES", "OUTPUT_FIELDS", "PLACEHOLDER_VALUES",
@@ -151,7 +151,7 @@ class Prompt:
 
 @cache
 def _template(name: str) -> string.Template:
-    source = resources.files("synthembed").joinpath("prompts", f"{name}.txt")
+    source = resources.files("synthembed.generation").joinpath("templates", f"{name}.txt")
     return string.Template(source.read_text(encoding="utf-8"))
 
 

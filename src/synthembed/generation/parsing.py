@@ -1,6 +1,6 @@
 """Turn raw LLM replies into task lists and examples, and judge each example against its group's rules.
 
-    from synthembed.parsing import parse_json_object, parse_task_list, validate_example
+    from synthembed.generation.parsing import parse_json_object, parse_task_list, validate_example
     obj = parse_json_object('Sure!\\n```json\\n{"S1": "a", "S2": "b", "S3": "c",}\\n```')   # fenced, trailing comma
     tasks = parse_task_list('["Given a claim, retrieve evidence.", "Classify a review."]')
     verdict = validate_example("sts", obj, {"language": "English"})                      # Verdict(ok=..., reason=...)
@@ -22,7 +22,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, create_model
 
-from .languages import iso_code
+from ..languages import iso_code
 from .prompts import OUTPUT_FIELDS, PromptError
 
 REASONS = (

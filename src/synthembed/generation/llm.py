@@ -1,6 +1,6 @@
 """Chat backends, the SQLite response cache, and token usage and cost.
 
-    from synthembed.llm import ChatRequest, LLMClient, OpenAIBackend, ResponseCache
+    from synthembed.generation.llm import ChatRequest, LLMClient, OpenAIBackend, ResponseCache
     client = LLMClient(OpenAIBackend(concurrency=16), cache=ResponseCache("runs/gen/cache.sqlite"), max_cost=5.0)
     responses = client.run([ChatRequest("gpt-4o-mini", [{"role": "user", "content": "Hi"}])])
 
@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import SynthembedError
+from ..errors import SynthembedError
 
 # The paper samples with temperature 1.0 and top_p 1.0 (section 3.1).
 DEFAULT_TEMPERATURE = 1.0
@@ -370,7 +370,7 @@ class TransformersBackend:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from .paths import resolve_model_path
+        from ..paths import resolve_model_path
 
         path = resolve_model_path(model)
         self.model_name = model

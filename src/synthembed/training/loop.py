@@ -5,7 +5,7 @@ underneath (one CPU or GPU, DDP, DeepSpeed ZeRO-3, FSDP), checkpoints that resum
         --out runs/model --batch-size 2048 --mini-batch-size 64
     accelerate launch --config_file configs/ddp.yaml -m synthembed.cli train ...      # many GPUs
 
-    from synthembed.train import TrainArguments, train
+    from synthembed.training.loop import TrainArguments, train
     out = train(TrainArguments(data=["examples.jsonl"], base_model="...", out="runs/m", max_steps=10))
 
 The defaults are the paper's recipe (section 4.1): LoRA rank 16 on all linear layers, lr 1e-4, 100 warm-up steps then
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data import (
+from ..data import (
     TASK_TYPES,
     TrainingPair,
     beir_instruction,
@@ -43,7 +43,7 @@ from .data import (
     read_beir,
     read_examples,
 )
-from .errors import SynthembedError
+from ..errors import SynthembedError
 
 DEFAULT_QUERY_TASK = "Given a web search query, retrieve relevant passages that answer the query"
 LOG_COLUMNS = ("step", "epoch", "loss", "lr", "grad_norm", "pairs_per_s", "tokens_per_s", "elapsed_s")
@@ -264,7 +264,7 @@ def mine_negatives(how: str, corpus, queries, qrels, task, args: TrainArguments)
     if how == "bm25":
         return mine_bm25(corpus, queries, qrels, depth=args.mine_depth, seed=args.seed, show_progress=args.progress)
     if how.startswith("embedding:"):
-        from .model import load_embedder
+        from ..model import load_embedder
 
         miner = load_embedder(how.split(":", 1)[1], max_len=min(args.max_len, 512))
         return mine_embedding(miner, corpus, queries, qrels, task=task, depth=args.mine_depth, seed=args.seed)
@@ -396,8 +396,8 @@ def train(args: TrainArguments, on_step: Callable[[int, float], Any] | None = No
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, set_seed
 
-    from .losses import CachedInfoNCE, info_nce
-    from .model import load_embedder
+    from ..losses import CachedInfoNCE, info_nce
+    from ..model import load_embedder
 
     out = Path(args.out).expanduser()
     _check_out(out, args.resume)
@@ -614,7 +614,7 @@ def export(accelerator, emb, out: Path, base_path: str, args: TrainArguments, in
     import torch
     from peft import PeftModel
 
-    from .model import Embedder, load_embedder
+    from ..model import Embedder, load_embedder
 
     model = accelerator.unwrap_model(emb.model)
     state = accelerator.get_state_dict(emb.model)  # the full state dict, gathered from shards (a collective)
@@ -658,7 +658,7 @@ def write_sentence_transformers(model, tokenizer, directory: Path, settings: dic
     """
     import copy
 
-    from .data import format_query
+    from ..data import format_query
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -728,7 +728,7 @@ def pair_similarities(model: str, pairs: list[TrainingPair], max_len: int | None
 
     >>> # pair_similarities("runs/interactive/train/minilm/merged", pairs[:8]).diagonal()
     """
-    from .model import load_embedder
+    from ..model import load_embedder
 
     emb = load_embedder(model, max_len=max_len, device="cpu")
     q_reps = emb.encode([p.query for p in pairs], show_progress=False)  # (n, D)

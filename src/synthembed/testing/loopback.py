@@ -1,12 +1,12 @@
 """A loopback HTTP server that speaks the OpenAI chat-completions protocol and answers with scripted responses and
 scripted faults: the LLM of the tests, the benchmark and the smoke study. It is a stand-in, not a language model.
 
-    from synthembed.loopback import Faults, LoopbackServer
+    from synthembed.testing.loopback import Faults, LoopbackServer
     with LoopbackServer(faults=Faults(rate_limit=0.1, malformed=0.05), latency=0.2) as server:
         os.environ["OPENAI_BASE_URL"] = server.base_url          # http://127.0.0.1:<port>/v1
         ...                                                      # any OpenAI client works against it
 
-    python -m synthembed.loopback --port 8000                    # or run it on its own
+    python -m synthembed.testing.loopback --port 8000                    # or run it on its own
 
 What it answers, read from the prompt alone (as a real endpoint would have to):
 - a brainstorm prompt ("JSON list"): a JSON list of ~20 task definitions for the group;
@@ -37,8 +37,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .languages import ISO639_3_NAMES, LANGUAGES
-from .prompts import OUTPUT_FIELDS
+from ..generation.prompts import OUTPUT_FIELDS
+from ..languages import ISO639_3_NAMES, LANGUAGES
 
 TRANSPORT_FAULTS = ("rate_limit", "server_error", "hang")
 CONTENT_FAULTS = ("malformed", "fenced", "truncated", "refusal", "wrong_language")
@@ -130,7 +130,7 @@ class TextSource:
 
     def __init__(self, data_dir: str | Path | None = None):
         if data_dir is None:
-            from .paths import shared_data_dir
+            from ..paths import shared_data_dir
 
             data_dir = shared_data_dir() / "multilingual" / "tatoeba"
         self.data_dir = Path(data_dir)
@@ -556,7 +556,7 @@ def open_endpoint(llm: str = "auto", faults: Faults | None = None, seed: int = 0
     """
     import os
 
-    from .errors import SynthembedError
+    from ..errors import SynthembedError
 
     if llm == "auto":
         llm = "openai" if os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL") else "loopback"

@@ -1,7 +1,7 @@
 """The two-step synthetic data pipeline of the paper (section 3.1): brainstorm tasks, generate one example per request,
 parse, validate, deduplicate, write. Resumable: kill it at any moment and run it again on the same directory.
 
-    from synthembed.generate import GenerateConfig, generate
+    from synthembed.generation.pipeline import GenerateConfig, generate
     stats = generate("runs/gen", GenerateConfig(model="gpt-4o-mini", tasks_per_type=4, examples_per_task=3), concurrency=16)
 
     synthembed generate --out runs/gen --model gpt-4o-mini --tasks-per-type 4 --examples-per-task 3 --max-cost 2
@@ -37,9 +37,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data import ASYMMETRIC_TASK_TYPES, TASK_TYPES, Example, ExampleMeta, iter_jsonl
-from .errors import SynthembedError
-from .languages import parse_languages
+from ..data import ASYMMETRIC_TASK_TYPES, TASK_TYPES, Example, ExampleMeta, iter_jsonl
+from ..errors import SynthembedError
+from ..languages import parse_languages
 from .llm import (
     BACKENDS,
     ChatRequest,
@@ -831,7 +831,7 @@ def run_stats_command(args: argparse.Namespace) -> int:
     stats = load_stats(args.run_dir)
     print(json.dumps(stats, indent=2, ensure_ascii=False) if args.json else format_stats(stats))
     if args.plots:
-        from . import plots
+        from .. import plots
 
         written = plots.generation_plots(stats, args.plots)
         for path in written:

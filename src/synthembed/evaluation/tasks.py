@@ -1,6 +1,6 @@
 """Local copies of benchmark data as mteb tasks: mteb's own task classes and evaluators, only the data loading replaced.
 
-    from synthembed.local_tasks import local_task
+    from synthembed.evaluation.tasks import local_task
     task = local_task("../shared/data/beir/scifact")            # -> mteb's SciFact, read from the BEIR files
     task = local_task("../shared/data/multilingual/tatoeba", languages=["deu", "fra"])
     mteb.evaluate(model, [task], cache=None)
@@ -19,8 +19,8 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from .data import read_beir, read_classification, read_flores, read_sts, read_tatoeba
-from .errors import SynthembedError
+from ..data import read_beir, read_classification, read_flores, read_sts, read_tatoeba
+from ..errors import SynthembedError
 
 KINDS = ("retrieval", "sts", "classification", "bitext")
 

@@ -2,7 +2,7 @@
 
     synthembed evaluate --model runs/train/model --tasks SciFact,../shared/data/sts/sick-r --data-dir ../shared/data --out eval.json
 
-    from synthembed.evaluate import evaluate_model
+    from synthembed.evaluation.run import evaluate_model
     results = evaluate_model("all-MiniLM-L6-v2", ["../shared/data/sts/stsbenchmark"])
     results["tasks"][0]["main_score"]   # mteb's main score, 0 to 1
 
@@ -31,10 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from .data import format_query
-from .errors import SynthembedError
-from .local_tasks import MTEB_TYPE_TO_KIND, OFFICIAL_TASKS, content_hash, detect_kind, local_task
-from .paths import resolve_model_path
+from ..data import format_query
+from ..errors import SynthembedError
+from ..paths import resolve_model_path
+from .tasks import MTEB_TYPE_TO_KIND, OFFICIAL_TASKS, content_hash, detect_kind, local_task
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def _model_dirs(name_or_path: str) -> list[Path]:
 def _code_hash() -> str:
     """sha256 of the code that turns text into embeddings (model.py, pooling.py, data.format_query): a change to it
     must not be answered from embeddings the old code made."""
-    from . import data, model, pooling
+    from .. import data, model, pooling
 
     digest = hashlib.sha256()
     for module in (model, pooling, data):
@@ -221,7 +221,7 @@ class LazyEmbedder:
     @property
     def embedder(self):
         if self._embedder is None:
-            from .model import load_embedder
+            from ..model import load_embedder
 
             self._embedder = load_embedder(self.name_or_path, **self.load_kwargs)
         return self._embedder
@@ -397,7 +397,7 @@ def uses_instructions(name_or_path: str, embedder=None) -> bool:
         return bool(getattr(embedder, "append_eos", False))
     from transformers import AutoConfig
 
-    from .model import is_decoder_only
+    from ..model import is_decoder_only
 
     source = str(resolved)
     adapter = resolved / "adapter_config.json"
@@ -601,7 +601,7 @@ def evaluate_model(
             raise SynthembedError(f"model {model} does not exist")
         import torch
 
-        from .model import default_device, load_embedder
+        from ..model import default_device, load_embedder
 
         device_type = torch.device(device).type if device else default_device().type
         load_kwargs = {"pooling": pooling, "max_len": max_len, "device": device}

@@ -1,7 +1,7 @@
 """A tiny Mistral, built from its config with random weights, and a byte-level BPE tokenizer trained locally in about a
 second: the decoder-only model that tests and the smoke study use where no weights can be downloaded.
 
-    from synthembed.tiny import build_tiny_mistral
+    from synthembed.testing.tiny import build_tiny_mistral
     path = build_tiny_mistral("runs/tiny-mistral")          # a directory AutoModel / AutoTokenizer load
 
 Like Mistral's own tokenizer, it adds BOS and does *not* add EOS: the code that needs EOS has to append it itself.
@@ -27,7 +27,7 @@ def _corpus(n_lines: int = 4000) -> list[str]:
     """Deterministic English-ish training text for the tokenizer: MiniLM's word pieces when installed, else letters."""
     words: list[str] = []
     try:
-        from .paths import minilm_path
+        from ..paths import minilm_path
 
         vocab = (minilm_path() / "vocab.txt").read_text(encoding="utf-8").split()
         words = [w for w in vocab if w.isalpha() and w.isascii()]

@@ -5,7 +5,7 @@ boundary; a query asks "what is the pass key for <name>?" and must rank that per
 candidates. Lengths are counted with the model's own tokenizer. The RoPE base (`rope_theta`) and the sliding window are
 changed in the model's config before loading, and the settings that took effect are read back from the loaded model.
 
-    from synthembed.passkey import make_passkey_set, run_passkey_grid, PasskeySetting
+    from synthembed.evaluation.passkey import make_passkey_set, run_passkey_grid, PasskeySetting
     grid = run_passkey_grid("runs/tiny-mistral", lengths=[256, 512],
                             settings=[PasskeySetting(1e4, 4096), PasskeySetting(1e5, None)])
     synthembed passkey --model runs/tiny-mistral --lengths 256,512 --rope-bases 10000,100000 --out runs/passkey
@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import SynthembedError
+from ..errors import SynthembedError
 
 # The query instruction (section 3.1's `Instruct: {task}\nQuery: {query}`), in our own words.
 PASSKEY_TASK = "Given a person's name, retrieve the passage that states the pass key of that person"
@@ -298,7 +298,7 @@ def rope_theta_in_attention(model) -> float | None:
 
 def effective_settings(emb) -> dict[str, Any]:
     """The settings that took effect in a loaded Embedder: config values and what the attention really uses."""
-    from .model import rope_theta_of
+    from ..model import rope_theta_of
 
     config = emb.model.config
     return {
@@ -447,8 +447,8 @@ def run_passkey_grid(
     """
     from transformers import AutoTokenizer
 
-    from .model import load_embedder
-    from .paths import resolve_model_path
+    from ..model import load_embedder
+    from ..paths import resolve_model_path
 
     lengths = sorted({int(n) for n in lengths})
     if not lengths or lengths[0] < 16:
@@ -632,7 +632,7 @@ def run_passkey_command(args: argparse.Namespace) -> int:
         attn_implementation=args.attn,
     )
     path = grid.save(out)
-    from .plots import plot_passkey_heatmap, plot_passkey_lines
+    from ..plots import plot_passkey_heatmap, plot_passkey_lines
 
     plot_passkey_heatmap(grid.table(), out / "heatmap.png")
     plot_passkey_lines(grid.table(), PAPER_FIGURE5, out / "accuracy_by_length.png", chance=1 / args.candidates)
@@ -653,7 +653,7 @@ def run_lemb_passkey(
         raise SynthembedError(f"{LEMB_TASK} is not available: {reason}")
     import mteb
 
-    from .evaluate import mteb_encoder
+    from .run import mteb_encoder
 
     splits = [f"test_{int(n)}" for n in lengths] if lengths else None
     task = mteb.get_task(LEMB_TASK, eval_splits=splits)

@@ -1,6 +1,6 @@
 """Hard-negative mining for labeled retrieval data: the documents a retriever ranks high that are not relevant.
 
-    from synthembed.mining import mine_bm25
+    from synthembed.training.mining import mine_bm25
     negatives = mine_bm25(corpus, queries, qrels, n_negatives=1)   # {query id: [document id, ...]}
 
 The paper mines hard negatives (top 100) with a smaller embedding model where a dataset has none (section 4.1); here a
@@ -13,8 +13,8 @@ import random
 
 import numpy as np
 
-from .data import beir_document
-from .errors import SynthembedError
+from ..data import beir_document
+from ..errors import SynthembedError
 
 MINERS = ("bm25", "embedding")
 
