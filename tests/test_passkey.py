@@ -13,6 +13,7 @@ import torch
 from synthembed.cli import main
 from synthembed.errors import SynthembedError
 from synthembed.evaluation import passkey
+from synthembed.evaluation.metrics import top1_accuracy
 from synthembed.evaluation.passkey import (
     NEEDLE,
     PasskeySetting,
@@ -21,7 +22,6 @@ from synthembed.evaluation.passkey import (
     grid_settings,
     make_passkey_set,
     run_passkey_grid,
-    top1_accuracy,
 )
 
 
@@ -121,9 +121,9 @@ def test_top1_accuracy_matches_a_loop():
     q_reps, p_reps = rng.normal(size=(7, 5)), rng.normal(size=(11, 5))
     gold = rng.integers(0, 11, size=7)
     expected = np.mean([int(np.argmax([q @ p for p in p_reps]) == g) for q, g in zip(q_reps, gold, strict=True)])
-    assert top1_accuracy(q_reps, p_reps, gold) == pytest.approx(expected)
+    assert top1_accuracy(q_reps @ p_reps.T, gold) == pytest.approx(expected)
     unit = p_reps / np.linalg.norm(p_reps, axis=1, keepdims=True)  # (11, 5)
-    assert top1_accuracy(unit[:3], unit, [0, 1, 2]) == 1.0  # with unit vectors, each one is its own best match
+    assert top1_accuracy(unit[:3] @ unit.T, [0, 1, 2]) == 1.0  # with unit vectors, each one is its own best match
 
 
 def _hidden(emb, text):

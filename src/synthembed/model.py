@@ -26,10 +26,10 @@ import torch.nn.functional as F
 
 from .data import format_query
 from .errors import SynthembedError
+from .model_config import read_model_config
 from .paths import resolve_model_path
 from .pooling import POOLING_MODES, check_pooling, last_token_index, pool
 
-SYNTHEMBED_CONFIG = "synthembed_config.json"
 # Sentence-transformers' names for its pooling modes -> ours.
 _ST_POOLING = {
     "pooling_mode_lasttoken": "last",
@@ -99,8 +99,7 @@ def _inspect_source(name_or_path: str) -> _Source:
     if not path.is_dir():
         return _Source(weights=name_or_path, tokenizer=name_or_path)
     defaults: dict[str, Any] = {}
-    if (path / SYNTHEMBED_CONFIG).is_file():
-        defaults.update(_read_json(path / SYNTHEMBED_CONFIG))
+    defaults.update(read_model_config(path) or {})
     if (path / "modules.json").is_file():  # a sentence-transformers directory: read its pooling and max length
         for module in _read_json(path / "modules.json"):
             if module.get("type", "").endswith("Pooling"):

@@ -31,6 +31,7 @@ import pandas as pd
 from ..data import TASK_TYPES, iter_jsonl
 from ..errors import SynthembedError
 from ..languages import HIGH_RESOURCE, ISO639_3_NAMES, LANGUAGES, canonical_language, language_weights
+from ..model_config import read_model_config
 
 # --- published numbers to put beside ours (x100; ../shared/data/README.md, PAPER.md) --------------------------------------
 
@@ -552,6 +553,6 @@ def find_trained_model(train_dir: str | Path) -> Path | None:
     """The model notebook 03 exported into `train_dir` (train.py's export: merged/, else adapter/), or None."""
     train_dir = Path(train_dir)
     for candidate in (train_dir / "merged", train_dir / "adapter", train_dir):
-        if (candidate / "synthembed_config.json").is_file():
+        if read_model_config(candidate) is not None:
             return candidate
     return None

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SynthembedError
+from .metrics import top1_accuracy
 
 # The query instruction (section 3.1's `Instruct: {task}\nQuery: {query}`), in our own words.
 PASSKEY_TASK = "Given a person's name, retrieve the passage that states the pass key of that person"
@@ -315,14 +316,6 @@ def effective_settings(emb) -> dict[str, Any]:
 # --- scoring ----------------------------------------------------------------------------------------------------------
 
 
-def top1_accuracy(q_reps, p_reps, gold: Sequence[int]) -> float:
-    """Share of queries whose highest-scoring candidate is the gold one. q_reps (Q, D), p_reps (N, D), gold (Q,)."""
-    import numpy as np
-
-    scores = np.asarray(q_reps) @ np.asarray(p_reps).T  # (Q, N)
-    return float(np.mean(scores.argmax(axis=1) == np.asarray(gold)))
-
-
 def _is_out_of_memory(err: BaseException) -> bool:
     if isinstance(err, MemoryError):
         return True
@@ -344,6 +337,8 @@ def score_passkey_set(emb, pset: PasskeySet, max_tokens_per_batch: int = 32768, 
     Documents are encoded in batches of about `max_tokens_per_batch` tokens (at least one document), so a 32k-token
     document goes alone while 256-token ones go 128 at a time.
     """
+    import numpy as np
+
     if emb.max_len < pset.length + 1:
         raise SynthembedError(
             f"the model was loaded with max_len {emb.max_len}, too short for {pset.length}-token documents"
@@ -359,7 +354,7 @@ def score_passkey_set(emb, pset: PasskeySet, max_tokens_per_batch: int = 32768, 
     seconds = time.perf_counter() - started
     q_reps = emb.encode_queries(pset.queries, task=PASSKEY_TASK, batch_size=64, show_progress=False)  # (Q, D)
     return {
-        "accuracy": top1_accuracy(q_reps, p_reps, pset.gold),
+        "accuracy": top1_accuracy(np.asarray(q_reps) @ np.asarray(p_reps).T, pset.gold),
         "encode_seconds": round(seconds, 3),
         "docs_per_s": round(len(pset.documents) / seconds, 3) if seconds > 0 else None,
         "batch_size": batch_size,

@@ -33,6 +33,8 @@ import numpy as np
 
 from ..data import format_query
 from ..errors import SynthembedError
+from ..files import replace_atomic, write_json_atomic
+from ..model_config import SYNTHEMBED_CONFIG, read_model_config
 from ..paths import resolve_model_path
 from .tasks import MTEB_TYPE_TO_KIND, OFFICIAL_TASKS, content_hash, detect_kind, local_task
 
@@ -138,7 +140,7 @@ def _model_dirs(name_or_path: str) -> list[Path]:
             return []
     dirs = [resolved]
     for config_name, key in (
-        ("synthembed_config.json", "base_model"),
+        (SYNTHEMBED_CONFIG, "base_model"),
         ("adapter_config.json", "base_model_name_or_path"),
     ):
         config = resolved / config_name
@@ -279,10 +281,11 @@ class EmbeddingCache:
         self.misses += 1
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / f"{self.key(texts)}.npy"
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        with tmp.open("wb") as handle:
-            np.save(handle, array)
-        os.replace(tmp, path)  # atomic: a killed run never leaves half a file under the final name
+        def save(tmp: Path) -> None:
+            with tmp.open("wb") as handle:  # a handle, not a name: np.save would append ".npy" to the name
+                np.save(handle, array)
+
+        replace_atomic(path, save)
 
 
 # --- the mteb wrapper ---------------------------------------------------------------------------------------------
@@ -390,9 +393,9 @@ def uses_instructions(name_or_path: str, embedder=None) -> bool:
     by us means yes unless it says `"instructions": false`); otherwise decoder-only models (E5-mistral style) get them
     and encoder models (BERT-like, sentence-transformers) do not. Reads configs only, never the weights."""
     resolved = Path(resolve_model_path(name_or_path))
-    config = resolved / "synthembed_config.json"
-    if config.is_file():
-        return bool(json.loads(config.read_text()).get("instructions", True))
+    config = read_model_config(resolved)
+    if config is not None:
+        return bool(config.get("instructions", True))
     if embedder is not None and getattr(embedder, "loaded", True):
         return bool(getattr(embedder, "append_eos", False))
     from transformers import AutoConfig
@@ -502,7 +505,7 @@ def find_trained_models(train_dir: str | Path) -> dict[str, Path]:
     if not train_dir.is_dir():
         return {}
     found: dict[Path, Path] = {}
-    for config in sorted(train_dir.rglob("synthembed_config.json")):
+    for config in sorted(train_dir.rglob(SYNTHEMBED_CONFIG)):
         model_dir = config.parent
         if "checkpoints" in model_dir.relative_to(train_dir).parts:
             continue
@@ -685,19 +688,6 @@ def _write_memo(path: Path, memo: dict[str, Any]) -> None:
         write_json_atomic(path, memo)
     except OSError:  # a read-only cache folder only costs re-hashing next time
         pass
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    """Write JSON to a temporary file beside `path`, then rename: readers see the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def averages(entries: Iterable[dict[str, Any]]) -> dict[str, float]:
@@ -908,6 +898,5 @@ __all__ = [
     "split_task_list",
     "task_table",
     "to_markdown",
-    "write_json_atomic",
     "write_tables",
 ]

@@ -39,6 +39,7 @@ from typing import Any
 
 from ..data import ASYMMETRIC_TASK_TYPES, TASK_TYPES, Example, ExampleMeta, iter_jsonl
 from ..errors import SynthembedError
+from ..files import write_json_atomic
 from ..languages import parse_languages
 from .llm import (
     BACKENDS,
@@ -251,12 +252,6 @@ def _check_out_dir(out: Path, config: GenerateConfig) -> bool:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SynthembedError(f"{out} exists and is not a generation run (no {CONFIG_FILE}); choose an empty or new --out")
     return False
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # --- the pipeline ----------------------------------------------------------------------------------------------------
@@ -578,7 +573,7 @@ def generate(
         backend = make_backend(backend, model=model_arg, base_url=base_url, concurrency=concurrency,
                                timeout=timeout, batch_size=batch_size, max_new_tokens=config.max_tokens or 1024)
     out.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(out / CONFIG_FILE, {"plan": config.as_dict(), "runtime": runtime})
+    write_json_atomic(out / CONFIG_FILE, {"plan": config.as_dict(), "runtime": runtime})
     response_cache = ResponseCache(cache_path)
     if response_cache.get_meta("config") is None:
         response_cache.set_meta("config", json.dumps(config.as_dict()))
@@ -616,7 +611,7 @@ def generate(
             run.pool.shutdown(cancel_futures=True)
     stats = compute_stats(out, config, plan, response_cache, price_table, runtime, client, previous, timing)
     response_cache.close()
-    _write_json_atomic(stats_path, stats)
+    write_json_atomic(stats_path, stats)
     if progress:
         print(summary_line(stats))
     return stats

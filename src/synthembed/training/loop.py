@@ -44,6 +44,7 @@ from ..data import (
     read_examples,
 )
 from ..errors import SynthembedError
+from ..model_config import read_model_config, write_model_config
 
 DEFAULT_QUERY_TASK = "Given a web search query, retrieve relevant passages that answer the query"
 LOG_COLUMNS = ("step", "epoch", "loss", "lr", "grad_norm", "pairs_per_s", "tokens_per_s", "elapsed_s")
@@ -632,7 +633,7 @@ def export(accelerator, emb, out: Path, base_path: str, args: TrainArguments, in
         adapter = out / "adapter"
         model.save_pretrained(adapter, state_dict=state)
         emb.tokenizer.save_pretrained(adapter)
-        (adapter / "synthembed_config.json").write_text(json.dumps(settings, indent=2))
+        write_model_config(adapter, settings)
         merged = load_embedder(str(adapter), device="cpu", dtype=dtype if dtype != torch.float16 else torch.float32)
         write_sentence_transformers(merged.model.merge_and_unload(), emb.tokenizer, out / "merged", settings)
     else:
@@ -692,7 +693,7 @@ def write_sentence_transformers(model, tokenizer, directory: Path, settings: dic
         "similarity_fn_name": "cosine",
     }
     (directory / "config_sentence_transformers.json").write_text(json.dumps(st_config, indent=2))
-    (directory / "synthembed_config.json").write_text(json.dumps(settings, indent=2))
+    write_model_config(directory, settings)
     return directory
 
 
@@ -717,28 +718,7 @@ def train_or_resume(args: TrainArguments, on_step=None) -> Path:
     """Train into args.out; continue from its latest checkpoint when one is there; reuse it as is when its export is
     complete. Lets a notebook be re-run over the same run directory without refusing or repeating finished work."""
     out = Path(args.out)
-    if (out / "merged" / "synthembed_config.json").is_file():
+    if read_model_config(out / "merged") is not None:
         print(f"[train] {out} already holds a finished run; reusing it")
         return out
     return train(dataclasses.replace(args, resume=latest_checkpoint(out) is not None), on_step=on_step)
-
-
-def pair_similarities(model: str, pairs: list[TrainingPair], max_len: int | None = None):
-    """Cosine similarity of every query with every pair's positive, (n, n): the diagonal holds the true pairs.
-
-    >>> # pair_similarities("runs/interactive/train/minilm/merged", pairs[:8]).diagonal()
-    """
-    from ..model import load_embedder
-
-    emb = load_embedder(model, max_len=max_len, device="cpu")
-    q_reps = emb.encode([p.query for p in pairs], show_progress=False)  # (n, D)
-    p_reps = emb.encode([p.positive for p in pairs], show_progress=False)  # (n, D)
-    return q_reps @ p_reps.T  # (n, n)
-
-
-def top1_accuracy(similarities) -> float:
-    """Share of queries (rows) whose own positive (the diagonal) scores highest."""
-    import numpy as np
-
-    similarities = np.asarray(similarities)
-    return float((similarities.argmax(axis=1) == np.arange(len(similarities))).mean())
