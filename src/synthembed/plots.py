@@ -12,6 +12,8 @@ if matplotlib.get_backend().lower() not in ("module://matplotlib_inline.backend_
     matplotlib.use("Agg")  # headless by default; Jupyter keeps its inline backend
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .reference import PAPER_EXAMPLES_BY_GROUP  # noqa: E402
+
 
 def save(fig, path: str | Path | None):
     """Save `fig` to `path` (parents created) when a path is given; returns the figure."""
@@ -30,7 +32,6 @@ def new_figure(width: float = 7.0, height: float = 4.0):
 # --- generation (notebooks 01, 02) -------------------------------------------------------------------------------
 
 # The paper's Figure 2 shares, for drawing beside a run's: task groups (thousands of examples) and languages.
-PAPER_TASK_TYPE_COUNTS = {"short-long": 167, "long-short": 122, "sts": 99, "bitext": 89, "long-long": 17, "short-short": 13}
 
 
 def plot_language_weights(weights: dict[str, float], top: int = 20, path=None):
@@ -52,11 +53,11 @@ def plot_task_type_distribution(stats: dict, path=None):
     groups = list(stats["by_task_type"])
     ours = [stats["by_task_type"][g]["accepted"] for g in groups]
     total = max(1, sum(ours))
-    paper_total = sum(PAPER_TASK_TYPE_COUNTS[g] for g in groups) or 1
+    paper_total = sum(PAPER_EXAMPLES_BY_GROUP[g] for g in groups) or 1
     fig, ax = new_figure(7, 3.6)
     x = range(len(groups))
     ax.bar([i - 0.2 for i in x], [100 * v / total for v in ours], width=0.4, label=f"this run ({sum(ours)} examples)")
-    ax.bar([i + 0.2 for i in x], [100 * PAPER_TASK_TYPE_COUNTS[g] / paper_total for g in groups], width=0.4,
+    ax.bar([i + 0.2 for i in x], [100 * PAPER_EXAMPLES_BY_GROUP[g] / paper_total for g in groups], width=0.4,
            label="paper (500k examples)", color="tab:gray")
     ax.set_xticks(list(x), groups)
     ax.set_ylabel("share of examples (%)")
