@@ -5,8 +5,8 @@
 
 The server runs in its own process (so its work is not billed to the pipeline). With latency L and concurrency C, no
 client can beat C / L requests per second: that is the ideal. Two clients run side by side in this process:
-- peer: a bare `openai.AsyncOpenAI` loop with a semaphore of C, sending the same generation prompts and doing nothing
-  with the replies (no cache, no parsing);
+- peer: a bare `openai.AsyncOpenAI` loop with a semaphore of C, sending the same generation prompts (with their
+  markers, so the stand-in writes the same kind of answers) and doing nothing with the replies (no cache, no parsing);
 - ours: `synthembed.generation.pipeline.generate` into a fresh directory: brainstorm, generate, cache every response in SQLite,
   parse, validate (pydantic + language detection), deduplicate, write JSONL.
 It prints the median examples per second, the ratio to the ideal for the generation stage, and our CPU time per example.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
@@ -28,7 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from synthembed.generation.pipeline import GenerateConfig, generate, generation_plan
+from synthembed.generation.pipeline import generate
+from synthembed.generation.plan import GenerateConfig, generation_plan
+from synthembed.taskgroups import MARKER_HEADER
 
 LANGUAGES = "English,German,French,Spanish,Russian,Japanese"
 
@@ -56,7 +59,7 @@ async def _peer(base_url: str, requests, concurrency: int) -> float:
     async def one(r):
         async with gate:
             await client.chat.completions.create(model=r.model, messages=list(r.messages), temperature=r.temperature,
-                                                 top_p=r.top_p, seed=r.seed)
+                                                 top_p=r.top_p, seed=r.seed, extra_headers={MARKER_HEADER: r.marker})
 
     started = time.perf_counter()
     await asyncio.gather(*(one(r) for r in requests))
@@ -101,8 +104,8 @@ def main() -> None:
                 row = json.loads(line)
                 tasks.setdefault(row["task_type"], []).append(row["task"])
             requests = [p.request for p in generation_plan(config, tasks)]
-            requests = [r.__class__(r.model, r.messages, r.temperature, r.top_p, r.max_tokens, (r.seed or 0) + 7)
-                        for r in requests]  # other seeds: fresh answers, not ones the server has seen
+            # other seeds: fresh answers, not ones the server has seen
+            requests = [dataclasses.replace(r, seed=(r.seed or 0) + 7) for r in requests]
             cpu0 = time.process_time()
             peer_rates.append(len(requests) / asyncio.run(_peer(base_url, requests, args.concurrency)))
             peer_cpu.append((time.process_time() - cpu0) / len(requests))

@@ -7,7 +7,8 @@ reference implementation) on the same weights.
     .venv/bin/python benchmarks/bench_passkey_gpu.py --cpu                   # tiny Mistral on CPU, short lengths
 
 Documents come from `synthembed.evaluation.passkey.make_passkey_set` (exact token lengths) and are encoded through
-`Embedder.encode` (EOS appended, last-token pooling), in batches of about --batch-tokens tokens, as the passkey grid does.
+`TransformerEmbedder.encode` (EOS appended, last-token pooling), in batches of about --batch-tokens tokens, as the
+passkey grid does.
 Per length and attention implementation it prints the median documents per second over --repeats timed runs (after one
 warm-up), the peak GPU memory (torch.cuda.max_memory_allocated), and the ratio ours / peer. A length that does not fit
 prints "does not fit" instead of failing. Without a CUDA device (and without --cpu) it says so and exits 0.
@@ -116,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from synthembed.evaluation.passkey import _is_out_of_memory, make_passkey_set
-    from synthembed.model import Embedder
+    from synthembed.evaluation.passkey import make_passkey_set
+    from synthembed.evaluation.passkey_grid import is_out_of_memory
+    from synthembed.model import TransformerEmbedder
 
     lengths = _lengths(args.lengths or ("512,1024,2048" if args.cpu else "4k,8k,16k,32k"))
     model, tokenizer = build_model(args.cpu, args.sliding_window)
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: MistralModel {n_params / 1e6:,.1f}M parameters, {next(model.parameters()).dtype}, {device}, "
           f"sliding window {model.config.sliding_window}, torch {torch.__version__}")  # fmt: skip
-    emb = Embedder(model, tokenizer, pooling="last", max_len=max(lengths) + 8, append_eos=True, name="bench")
+    emb = TransformerEmbedder(model, tokenizer, pooling="last", max_len=max(lengths) + 8, append_eos=True, name="bench")
     impls = ["sdpa"] if args.no_peer else ["sdpa", "eager"]
     results = []
     print(f"{'length':>7} {'batch':>5} {'impl':>6} {'docs/s':>9} {'peak GiB':>9}")
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{length:>7} {batch_size:>5} {impl:>6} {row[impl]['docs_per_s']:>9.3f} {row[impl]['peak_gib']:>9.2f}"
                 )
             except Exception as err:  # noqa: BLE001 - only running out of memory is a result
-                if not _is_out_of_memory(err):
+                if not is_out_of_memory(err):
                     raise
                 row[impl] = None
                 print(f"{length:>7} {batch_size:>5} {impl:>6}  does not fit in memory ({type(err).__name__})")

@@ -39,7 +39,7 @@ LR = 2e-5
 
 def scifact_args(out: str, batch_size: int, mini_batch_size: int, steps: int, max_len: int):
     from synthembed.paths import minilm_path, shared_data
-    from synthembed.training.loop import TrainArguments
+    from synthembed.training.args import TrainArguments
 
     return TrainArguments(
         data=[str(shared_data("beir", "scifact"))],
@@ -52,7 +52,7 @@ def scifact_args(out: str, batch_size: int, mini_batch_size: int, steps: int, ma
         lr=LR,
         warmup_steps=0,
         no_lora=True,
-        no_gradient_checkpointing=True,
+        gradient_checkpointing=False,
         hard_negatives="bm25",
         beir_instruction="none",
         temperature=TEMPERATURE,
@@ -101,10 +101,14 @@ def run_sentence_transformers(
     from transformers import TrainerCallback
 
     from synthembed.paths import minilm_path
-    from synthembed.training.loop import load_pairs
+    from synthembed.training.data import load_pairs
 
     with tempfile.TemporaryDirectory(prefix="bench-st-") as tmp:
-        pairs = load_pairs(scifact_args(tmp, batch_size, mini_batch_size, steps, max_len))  # the same mined pairs
+        ours = scifact_args(tmp, batch_size, mini_batch_size, steps, max_len)
+        pairs = load_pairs(  # the same mined pairs
+            ours.data, seed=ours.seed, beir_instruction=ours.beir_instruction, hard_negatives=ours.hard_negatives,
+            max_len=max_len, progress=False,
+        )
         pairs = [p for p in pairs if p.negative is not None]
         data = Dataset.from_dict(
             {
@@ -292,7 +296,7 @@ def memory_child(variant: str, batch_size: int, mini_batch_size: int, max_len: i
         cap = int(limit_gib * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 
-    from synthembed.losses import CachedInfoNCE, info_nce
+    from synthembed.losses import CachedInfoNCE
     from synthembed.model import load_embedder
     from synthembed.paths import minilm_path
 
@@ -306,12 +310,9 @@ def memory_child(variant: str, batch_size: int, mini_batch_size: int, max_len: i
     before = rss_now_mib()
     t0 = time.perf_counter()
     try:
-        if variant == "cached":
-            loss = CachedInfoNCE(embed_fn, mini_batch_size=mini_batch_size).step(q, p, n)
-        else:
-            loss_t = info_nce(embed_fn(q), embed_fn(p), embed_fn(n), q_texts=q, p_texts=p, n_texts=n)
-            loss_t.backward()
-            loss = float(loss_t)
+        # plain: the cached loss with one mini-batch, which embeds everything in one graph and backpropagates once
+        mini = mini_batch_size if variant == "cached" else batch_size
+        loss = CachedInfoNCE(embed_fn, mini_batch_size=mini).step(q, p, n)
         optimizer.step()
     except (MemoryError, RuntimeError) as error:
         if "memory" not in str(error).lower() and not isinstance(error, MemoryError):

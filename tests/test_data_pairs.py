@@ -7,16 +7,9 @@ import json
 
 import pytest
 
-from synthembed.data import (
-    Example,
-    TrainingPair,
-    beir_to_pairs,
-    examples_to_pairs,
-    format_query,
-    mix_pairs,
-    read_beir,
-)
+from synthembed.data import Example, format_query, read_beir, write_jsonl
 from synthembed.errors import SynthembedError
+from synthembed.training.data import TrainingPair, beir_to_pairs, examples_to_pairs, load_pairs, mix_pairs
 from synthembed.training.mining import mine_bm25
 
 
@@ -66,6 +59,29 @@ def test_beir_pairs_with_bm25_negatives(tiny_beir):
     assert q1.negative == " ".join(read_beir(tiny_beir, "train")[0][negatives["q1"][0]].values())
     plain = beir_to_pairs(corpus, queries, qrels, task=None)
     assert plain[0].query in {"why do cats purr", "deep ocean"} and plain[0].negative is None
+
+
+def test_load_pairs_mines_once_and_reads_the_mined_negatives_back(tiny_beir, tmp_path):
+    examples = tmp_path / "examples.jsonl"
+    write_jsonl(examples, [_example(0), _example(1, "short-short", None)])
+    mined = {}
+    settings = dict(seed=1, beir_instruction="Find facts", hard_negatives="bm25", mine_depth=1, progress=False)
+    pairs = load_pairs([str(examples), str(tiny_beir)], mix=[1, 1], mined=mined, **settings)
+    assert len(pairs) == 4 and {p.source for p in pairs} == {str(examples), str(tiny_beir)}
+    beir = [p for p in pairs if p.source == str(tiny_beir)]
+    assert all(p.query.startswith("Instruct: Find facts\nQuery: ") and p.negative for p in beir)
+    (name, negatives), = mined.items()
+    assert name == f"negatives-{tiny_beir.name}-train-bm25.json"
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / name).write_text(json.dumps({"q1": ["d5"], "q2": ["d5"]}))  # read back instead of mining again
+    again = {}
+    reread = load_pairs([str(tiny_beir)], cache_dir=cache, mined=again, **settings)
+    assert again == {} and {p.negative for p in reread} == {"Trees trees grow slowly in the forest"}
+    plain = load_pairs([str(tiny_beir)], beir_instruction="none", hard_negatives="none")
+    assert all(not p.instructed and p.negative is None for p in plain)
+    with pytest.raises(SynthembedError, match="no such file or folder"):
+        load_pairs([str(tmp_path / "nowhere")])
 
 
 def test_mixing_by_ratios_is_seeded():

@@ -10,18 +10,14 @@ import pytest
 
 from synthembed.cli import main
 from synthembed.errors import SynthembedError
-from synthembed.evaluation.run import (
-    EmbeddingCache,
-    averages,
-    category_table,
-    evaluate_model,
-    mteb_encoder,
-    resolve_tasks,
-    split_task_list,
-    task_table,
-    to_markdown,
-)
-from synthembed.evaluation.tasks import detect_kind, label_ids, local_task
+from synthembed.evaluation.cache import EmbeddingCache
+from synthembed.evaluation.encoder import MtebEncoder
+from synthembed.evaluation.run import evaluate_model, resolve_tasks, split_task_list
+from synthembed.evaluation.tables import averages, category_table, evaluation_summary, task_table, to_markdown
+from synthembed.evaluation.task_files import detect_kind, label_ids
+from synthembed.evaluation.tasks import LocalRetrievalTask, LocalSTSTask, local_task
+from synthembed.model import Embedder
+from synthembed.reference import PAPER_TABLE1, PUBLISHED
 
 DOCS = [
     ("d1", "Cats", "Cats are small domesticated carnivorous mammals that purr."),
@@ -89,10 +85,13 @@ def minilm_embedder(minilm):
     return load_embedder(str(minilm), device="cpu")
 
 
-class RecordingEmbedder:
+class RecordingEmbedder(Embedder):
     """Records what it is asked to encode; deterministic vectors from the text's hash (no model needed)."""
 
+    loaded = True
+
     def __init__(self):
+        self.name = "recorder"
         self.seen: list[str] = []
         self.max_len = 64
         self.append_eos = False
@@ -107,9 +106,6 @@ class RecordingEmbedder:
         rng = [np.random.default_rng(abs(hash(t)) % (2**32)) for t in texts]
         reps = np.stack([r.standard_normal(self.dimension) for r in rng]).astype(np.float32)
         return reps / np.linalg.norm(reps, axis=1, keepdims=True)
-
-    def settings(self):
-        return {"pooling": self.pooling}
 
 
 def test_split_task_list_keeps_benchmark_names_whole():
@@ -209,7 +205,7 @@ def test_instructions_on_queries_only(beir_dir, tmp_path):
     import mteb
 
     emb = RecordingEmbedder()
-    wrapper = mteb_encoder(emb, name="local/recorder", instructions=True, model_hash="0" * 64, show_progress=False)
+    wrapper = MtebEncoder(emb, name="local/recorder", instructions=True, model_hash="0" * 64, show_progress=False)
     task = local_task(beir_dir, name="SciFact")
     mteb.evaluate(wrapper, task, cache=None, show_progress_bar=False)
     scifact_prompt = mteb.get_task("SciFact").metadata.prompt["query"]
@@ -218,14 +214,14 @@ def test_instructions_on_queries_only(beir_dir, tmp_path):
     assert sorted(t for t in emb.seen if not t.startswith("Instruct:")) == sorted(f"{t} {x}" for _, t, x in DOCS)
 
     emb = RecordingEmbedder()
-    wrapper = mteb_encoder(
+    wrapper = MtebEncoder(
         emb, name="local/recorder", instructions=True, overrides={"SciFact": "Find evidence"}, show_progress=False
     )
     mteb.evaluate(wrapper, local_task(beir_dir, name="SciFact"), cache=None, show_progress_bar=False)
     assert sum(t.startswith("Instruct: Find evidence\nQuery: ") for t in emb.seen) == len(QUERIES)
 
     emb = RecordingEmbedder()
-    wrapper = mteb_encoder(emb, name="local/recorder", instructions=False, show_progress=False)
+    wrapper = MtebEncoder(emb, name="local/recorder", instructions=False, show_progress=False)
     mteb.evaluate(wrapper, local_task(beir_dir, name="SciFact"), cache=None, show_progress_bar=False)
     assert not any(t.startswith("Instruct:") for t in emb.seen)
 
@@ -234,9 +230,42 @@ def test_symmetric_tasks_instruct_both_sides(tmp_path):
     import mteb
 
     emb = RecordingEmbedder()
-    wrapper = mteb_encoder(emb, name="local/recorder", instructions=True, show_progress=False)
+    wrapper = MtebEncoder(emb, name="local/recorder", instructions=True, show_progress=False)
     mteb.evaluate(wrapper, local_task(make_sts(tmp_path / "stsbenchmark")), cache=None, show_progress_bar=False)
     assert emb.seen and all(t.startswith("Instruct: Retrieve semantically similar text.\nQuery: ") for t in emb.seen)
+
+
+def test_local_tasks_mteb_does_not_know_get_their_kinds_instruction(beir_dir, tmp_path):
+    """A folder with no mteb counterpart gets its kind's abstract-class instruction (mteb finds that by task name among
+    its own classes, where such a task is not); an override by name, then one by kind, still wins."""
+    import mteb
+    from mteb.abstasks import AbsTaskRetrieval, AbsTaskSTS
+
+    def queries_of(task, overrides=None):
+        emb = RecordingEmbedder()
+        wrapper = MtebEncoder(emb, name="local/recorder", instructions=True, overrides=overrides, show_progress=False)
+        mteb.evaluate(wrapper, task, cache=None, show_progress_bar=False)
+        return {t.split("\nQuery: ")[0] for t in emb.seen if t.startswith("Instruct:")}
+
+    task = local_task(beir_dir)
+    assert task.metadata.name == "local:mini_beir"
+    assert queries_of(task) == {f"Instruct: {AbsTaskRetrieval.abstask_prompt}"}
+    assert queries_of(local_task(beir_dir), {"Retrieval": "By kind"}) == {"Instruct: By kind"}
+    assert queries_of(local_task(beir_dir), {"Retrieval": "By kind", "local:mini_beir": "By name"}) == {"Instruct: By name"}
+    assert queries_of(local_task(make_sts(tmp_path / "my-sts"))) == {f"Instruct: {AbsTaskSTS.abstask_prompt}"}
+
+
+def test_local_tasks_are_declared_classes(beir_dir, tmp_path):
+    from mteb.abstasks import AbsTask
+
+    def subclasses(cls):
+        return set(cls.__subclasses__()).union(*(subclasses(c) for c in cls.__subclasses__()))
+
+    before = subclasses(AbsTask)
+    assert type(local_task(beir_dir)) is LocalRetrievalTask
+    sts = local_task(make_sts(tmp_path / "stsbenchmark"))
+    assert type(sts) is LocalSTSTask and sts.metadata.name == "STSBenchmark"
+    assert subclasses(AbsTask) == before  # no class made per task
 
 
 def test_bitext_scores_per_language(tmp_path, minilm, minilm_embedder):
@@ -274,12 +303,30 @@ def test_tables_side_by_side_with_the_paper():
     assert run["averages"]["average"] == pytest.approx((0.6451 + 0.8203 + 0.7758) / 3)
     tasks = task_table({"baseline": run})
     row = tasks.set_index("task").loc["SciFact"]
-    assert row["baseline"] == 64.51 and row["all-MiniLM-L6-v2 (published)"] == 64.51
+    assert row["baseline"] == 64.51 and row["all-MiniLM-L6-v2 (published)"] == PUBLISHED["all-MiniLM-L6-v2"]["SciFact"]
     cats = category_table({"baseline": run}).set_index("category")
-    assert cats.loc["retrieval", "E5-mistral full data (paper)"] == 56.9
+    assert cats.loc["retrieval", "E5-mistral full data (paper)"] == PAPER_TABLE1["E5-mistral full data"]["retrieval"]
     assert cats.loc["sts", "baseline"] == pytest.approx(79.805, abs=0.01)
     md = to_markdown(tasks)
     assert md.splitlines()[0].startswith("| task | kind | metric | baseline") and "| SciFact | retrieval |" in md
+
+
+def test_evaluation_summary_records_notebook_04s_numbers():
+    def run(scores, instructions):
+        tasks = [{"name": n, "kind": "sts", "main_score": v, "main_score_name": "cosine_spearman"} for n, v in scores]
+        return {"tasks": tasks, "averages": averages(tasks), "instructions": instructions}
+
+    runs = {"all-MiniLM-L6-v2": run([("STSBenchmark", 0.820345), ("SICK-R", 0.7758)], False),
+            "ours: synthetic": run([("STSBenchmark", 0.5), ("SICK-R", 0.25)], True)}  # fmt: skip
+    summary = evaluation_summary(runs, {"synthetic": "ours: synthetic"})
+    assert summary["baseline"] == "all-MiniLM-L6-v2" and summary["tasks"] == ["STSBenchmark", "SICK-R"]
+    assert summary["baseline_scores"] == {"STSBenchmark": 0.8203, "SICK-R": 0.7758}
+    assert summary["trained_models"] == ["synthetic"]
+    assert summary["trained_scores"] == {"synthetic": {"STSBenchmark": 0.5, "SICK-R": 0.25}}
+    assert summary["averages"]["ours: synthetic"] == {"sts": 0.375, "average": 0.375}
+    assert summary["instructions"] == {"all-MiniLM-L6-v2": False, "ours: synthetic": True}
+    assert summary["paper_table1_average"] == PAPER_TABLE1["E5-mistral full data"]["average"]
+    assert evaluation_summary(runs, {}, baseline="ours: synthetic")["baseline_scores"]["SICK-R"] == 0.25
 
 
 def test_cli_bad_input_fails_clearly_and_writes_nothing(tmp_path, beir_dir, minilm, capsys):
@@ -312,7 +359,7 @@ def test_cli_bad_input_fails_clearly_and_writes_nothing(tmp_path, beir_dir, mini
 
 
 def test_find_trained_models_prefers_merged_and_skips_checkpoints(tmp_path):
-    from synthembed.evaluation.run import find_trained_models
+    from synthembed.evaluation.run import find_trained_model, find_trained_models
 
     for sub in ("synthetic/merged", "synthetic/adapter", "synthetic/checkpoints/step-000002", "msmarco/adapter"):
         (tmp_path / "train" / sub).mkdir(parents=True)
@@ -320,6 +367,9 @@ def test_find_trained_models_prefers_merged_and_skips_checkpoints(tmp_path):
     found = find_trained_models(tmp_path / "train")
     assert found == {"msmarco": tmp_path / "train/msmarco/adapter", "synthetic": tmp_path / "train/synthetic/merged"}
     assert find_trained_models(tmp_path / "nothing") == {}
+    assert find_trained_model(tmp_path / "train" / "synthetic") == tmp_path / "train/synthetic/merged"
+    assert find_trained_model(tmp_path / "train" / "msmarco") == tmp_path / "train/msmarco/adapter"
+    assert find_trained_model(tmp_path / "nothing") is None
 
 
 def test_flores_layout_mines_each_language_against_english(tmp_path, minilm_embedder, minilm):

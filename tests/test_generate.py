@@ -1,4 +1,4 @@
-"""generate.py: the plan, deduplication, the run directory's rules (resume, refuse, never overwrite), the cost budget,
+"""The generation pipeline: the plan, deduplication, the run directory's rules (resume, refuse, never overwrite), the cost budget,
 replay from a cache alone, and the API key that must land in no file."""
 
 from __future__ import annotations
@@ -9,15 +9,12 @@ import pytest
 
 from synthembed.data import Example, read_examples
 from synthembed.errors import SynthembedError
-from synthembed.generation.pipeline import (
-    Deduplicator,
-    GenerateConfig,
-    _truncate_partial_line,
-    brainstorm_plan,
-    generate,
-    generation_plan,
-    normalize_text,
-)
+from synthembed.generation.dedup import Deduplicator, normalize_text
+from synthembed.generation.pipeline import generate
+from synthembed.generation.plan import GenerateConfig, brainstorm_plan, generation_plan
+from synthembed.generation.rundir import truncate_partial_line
+from synthembed.generation.stats import generation_summary
+from synthembed.taskgroups import TASK_TYPES
 from synthembed.testing.loopback import LoopbackServer
 
 CONFIG = dict(model="loopback", tasks_per_type=2, examples_per_task=2, languages="English,German,Spanish", seed=0)
@@ -87,9 +84,9 @@ def test_deduplication_exact_and_near():
 def test_half_written_last_line_is_dropped(tmp_path):
     path = tmp_path / "examples.jsonl"
     path.write_bytes(b'{"a": 1}\n{"b": 2}\n{"c": ')
-    _truncate_partial_line(path)
+    truncate_partial_line(path)
     assert path.read_bytes() == b'{"a": 1}\n{"b": 2}\n'
-    _truncate_partial_line(path)
+    truncate_partial_line(path)
     assert path.read_bytes() == b'{"a": 1}\n{"b": 2}\n'
 
 
@@ -209,3 +206,16 @@ def test_the_stand_in_is_named_whatever_the_model_is_called(tmp_path, server):
     stats = _run(tmp_path / "run", server, config={"model": "gpt-4o-mini"})
     assert stats["llm"]["stand_in"] and stats["cost_is_hypothetical"] and "stand-in" in stats["note"]
     assert stats["price_usd_per_1m_tokens"] == {"input": 0.15, "output": 0.6}
+
+
+def test_generation_summary_is_what_notebook_02_records(tmp_path, server):
+    stats = _run(tmp_path / "run", server)
+    summary = generation_summary(tmp_path / "run")
+    assert summary == {
+        "generation_dir": str(tmp_path / "run"), "accepted": stats["accepted"], "rejected": stats["rejected"],
+        "acceptance_rate": stats["acceptance_rate"], "task_types_present": sorted(TASK_TYPES),
+        "languages_present": sorted(stats["by_language"]), "rejections": stats["rejections"],
+        "total_tokens": stats["tokens"]["total"], "cost_usd": stats["cost_usd"], "complete": True, "stand_in": True,
+    }
+    with pytest.raises(SynthembedError, match="not a generation run"):
+        generation_summary(tmp_path / "nothing")

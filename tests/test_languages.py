@@ -18,6 +18,7 @@ from synthembed.languages import (
     parse_languages,
     sample_language,
     sample_language_pair,
+    word_count,
 )
 
 # XLM-R's 100 languages as PAPER.md lists them.
@@ -143,3 +144,14 @@ def test_language_names_and_settings():
         parse_languages("English,Klingon")
     with pytest.raises(SynthembedError):
         sample_language(random.Random(0), [])
+
+
+def test_word_count_handles_scripts_without_spaces():
+    assert word_count("The quick brown fox.") == 4
+    assert word_count("我们今天去公园散步") == 6  # 9 characters at 1.5 per word
+    assert word_count("東京は 日本の首都です") == 7
+    assert word_count("Hello 世界") == 2
+    thai = "ฉันพักอยู่บ้านป้าช่วงฤดูร้อน"  # 28 characters, about 7 words
+    assert 5 <= word_count(thai) <= 9
+    assert word_count(" ".join([thai] * 40)) >= 250  # a 300-word Thai text is not "too short"
+    assert 8 <= word_count("ម្សិលមិញ\u200bពូ\u200bខ្ញុំ\u200bទិញ\u200bឆ្កែ\u200bនេះ\u200bមាន\u200bបង្អួច\u200bពីរ") <= 14  # Khmer

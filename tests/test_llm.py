@@ -1,5 +1,5 @@
-"""llm.py: the cache key, the SQLite cache, prices and cost, the client's retries / budget / cache, and the local
-transformers backend (tiny random-weight Mistral: mechanics only)."""
+"""The chat client (llm.py), its cache, cost and backends: the cache key, the SQLite cache, prices and cost, the client's
+retries / budget / cache, and the local transformers backend (tiny random-weight Mistral: mechanics only)."""
 
 from __future__ import annotations
 
@@ -9,20 +9,10 @@ import time
 import pytest
 
 from synthembed.errors import SynthembedError
-from synthembed.generation.llm import (
-    CacheMiss,
-    ChatRequest,
-    ChatResponse,
-    LLMClient,
-    LLMError,
-    ReplayBackend,
-    ResponseCache,
-    RetryableError,
-    _retry_after_seconds,
-    cost_usd,
-    load_prices,
-    price_of,
-)
+from synthembed.generation.backends import ReplayBackend, _retry_after_seconds
+from synthembed.generation.cache import ResponseCache
+from synthembed.generation.cost import cost_usd, load_prices, price_of
+from synthembed.generation.llm import CacheMiss, ChatRequest, ChatResponse, LLMClient, LLMError, RetryableError
 
 MSG = ({"role": "user", "content": "Write one JSON object."},)
 
@@ -41,6 +31,9 @@ def test_request_key_covers_model_messages_and_sampling():
     ]
     keys = {v.key() for v in variants} | {base.key()}
     assert len(keys) == len(variants) + 1
+    # the marker travels beside the request for the stand-in; it is not part of what the cache is keyed on
+    marked = ChatRequest("gpt-4o-mini", MSG, marker='{"stage": "brainstorm", "task_type": "long-long"}')
+    assert marked.key() == base.key() and marked == base and "marker" not in marked.as_dict()
 
 
 def test_cache_roundtrip_persists_across_connections(tmp_path):
@@ -167,7 +160,7 @@ def test_replay_answers_only_from_the_cache(tmp_path):
 
 
 def test_openai_backend_needs_key_or_base_url(monkeypatch):
-    from synthembed.generation.llm import OpenAIBackend
+    from synthembed.generation.backends import OpenAIBackend
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
@@ -178,7 +171,7 @@ def test_openai_backend_needs_key_or_base_url(monkeypatch):
 
 @pytest.mark.slow
 def test_transformers_backend_batches_with_left_padding(tiny_mistral):
-    from synthembed.generation.llm import TransformersBackend
+    from synthembed.generation.backends import TransformersBackend
 
     backend = TransformersBackend(str(tiny_mistral), batch_size=3, max_new_tokens=6, device="cpu")
     assert backend.tokenizer.padding_side == "left" and backend.tokenizer.chat_template

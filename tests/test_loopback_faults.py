@@ -6,20 +6,18 @@ from __future__ import annotations
 
 import json
 import random
+import string
 
 import openai
 import pytest
 
 from synthembed.generation.parsing import check_language, parse_json_object, parse_task_list, validate_example
-from synthembed.generation.pipeline import GenerateConfig, generate
-from synthembed.generation.prompts import (
-    OUTPUT_FIELDS,
-    TASK_TYPES,
-    brainstorm_prompt,
-    generation_prompt,
-    sample_placeholders,
-)
-from synthembed.testing.loopback import Faults, LoopbackServer, TextSource, detect_request
+from synthembed.generation.pipeline import generate
+from synthembed.generation.plan import GenerateConfig
+from synthembed.generation.prompts import brainstorm_prompt, generation_prompt, sample_placeholders
+from synthembed.taskgroups import MARKER_HEADER, TASK_GROUP, TASK_TYPES
+from synthembed.testing.loopback import Faults, LoopbackServer
+from synthembed.testing.scripted import TextSource, _any_group, read_request
 
 LANGUAGES = "English,German,French,Japanese"
 CONFIG = dict(model="loopback", tasks_per_type=1, examples_per_task=3, languages=LANGUAGES, seed=1)
@@ -57,7 +55,7 @@ def test_baseline_answers_every_group_in_its_language(baseline):
     assert stats["accepted"] == planned and stats["rejected"] == 0  # a fault-free stand-in passes validation
     assert all(row["accepted"] == 3 for row in stats["by_task_type"].values())
     for e in _examples(out).values():
-        assert set(e["fields"]) == set(OUTPUT_FIELDS[e["task_type"]])
+        assert set(e["fields"]) == set(TASK_GROUP[e["task_type"]].fields)
     assert stats["tokens"]["total"] > 0 and stats["cost_usd"] > 0 and stats["llm"]["stand_in"]
 
 
@@ -77,16 +75,57 @@ def test_scripted_answers_have_the_groups_fields(task_type):
         client = openai.OpenAI(api_key="unused", base_url=server.base_url, max_retries=0)
         if task_type in ("short-long", "long-short", "short-short", "long-long"):
             prompt = brainstorm_prompt(task_type, rng)
-            assert detect_request(prompt.text)[:2] == ("brainstorm", task_type)
-            reply = client.chat.completions.create(model="loopback", messages=prompt.messages)
+            asked = read_request(prompt.marker, prompt.text)
+            assert (asked.kind, asked.task_type) == ("brainstorm", task_type)
+            reply = client.chat.completions.create(model="loopback", messages=prompt.messages,
+                                                   extra_headers={MARKER_HEADER: prompt.marker})
             assert len(parse_task_list(reply.choices[0].message.content)) >= 10
         placeholders = sample_placeholders(task_type, rng, ["English", "German", "French"])
         prompt = generation_prompt(task_type, None if task_type in ("sts", "bitext") else "Given a query, retrieve documents.", placeholders)
-        assert detect_request(prompt.text)[1] == task_type
-        reply = client.chat.completions.create(model="loopback", messages=prompt.messages)
+        assert read_request(prompt.marker, prompt.text).task_type == task_type
+        reply = client.chat.completions.create(model="loopback", messages=prompt.messages,
+                                               extra_headers={MARKER_HEADER: prompt.marker})
         obj = parse_json_object(reply.choices[0].message.content)
         assert validate_example(task_type, obj, prompt.placeholders).ok
         assert reply.usage.prompt_tokens > 0 and reply.usage.completion_tokens > 0
+
+
+def test_rewording_the_templates_does_not_break_the_stand_in(tmp_path, monkeypatch_module, monkeypatch):
+    """The stand-in reads the marker that the prompt builder sets, not the wording: templates that name no field, no
+    group and no language still get answers with the group's fields, lengths and languages."""
+    from synthembed.generation import prompts
+
+    reworded = {"brainstorm": string.Template("Reworded: a few ideas, please, like these.\n$examples"),
+                "generate": string.Template("Reworded: one more item, please. $task")}
+    monkeypatch.setattr(prompts, "_template", lambda name: reworded[name.split("_")[0]])
+    prompt = generation_prompt("bitext", None, sample_placeholders("bitext", random.Random(0), ["English", "German"]))
+    assert "S1" not in prompt.text and "German" not in prompt.text and "English" not in prompt.text
+    with LoopbackServer() as server:
+        stats = _run(tmp_path / "run", server)
+    assert stats["requests"]["generate_planned"] == len(TASK_TYPES) * 3
+    assert stats["accepted"] == stats["requests"]["generate_planned"] and stats["rejected"] == 0
+    for e in _examples(tmp_path / "run").values():
+        assert set(e["fields"]) == set(TASK_GROUP[e["task_type"]].fields)
+    assert server.served["chat"] == 0  # every request was recognized from its marker
+
+
+def test_a_request_without_a_marker_is_a_plain_chat():
+    asked = read_request(None, "Say something in German, please.")
+    assert asked.kind == "chat" and asked.languages == ("German",)
+    assert read_request("not json", "hi").kind == "chat"
+    assert read_request('{"stage": "generate", "task_type": "medium-medium"}').kind == "chat"
+
+
+@pytest.mark.parametrize("task_type", TASK_TYPES)
+def test_the_fallback_composer_answers_any_group(task_type):
+    """A group without a composer of its own still gets valid examples: each field in its language, within its rules."""
+    rng = random.Random(4)
+    texts = TextSource()
+    for _ in range(5):
+        placeholders = sample_placeholders(task_type, rng, ["English", "German", "French"])
+        obj = _any_group(TASK_GROUP[task_type], texts, rng, placeholders)
+        verdict = validate_example(task_type, obj, placeholders)
+        assert verdict.ok, (verdict, placeholders)
 
 
 @pytest.mark.parametrize("fault", ["rate_limit", "server_error", "hang"])

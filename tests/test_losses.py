@@ -267,6 +267,19 @@ def test_cached_loss_and_gradients_equal_full_batch_with_dropout(minilm_encoder,
 
 
 @pytest.mark.slow
+def test_one_mini_batch_equals_full_batch_with_dropout(minilm_encoder):
+    """The plain loss is the cached loss with one mini-batch: the same dropout masks, loss, gradients and final random
+    state as one forward per group in batch order."""
+    model, tokenizer = minilm_encoder
+    embed_fn = mean_pool_embed_fn(model, tokenizer)
+    full = full_batch_grads(model, embed_fn, len(QUERIES), NEGATIVES, seed=5)
+    after_full = torch.rand(1)
+    one = cached_grads(model, embed_fn, len(QUERIES), NEGATIVES, seed=5, sort=True)  # one mini-batch: nothing sorted
+    assert_same(full, one, tol=1e-12)
+    assert torch.equal(after_full, torch.rand(1))
+
+
+@pytest.mark.slow
 def test_cached_equals_one_full_forward_without_dropout(minilm_encoder):
     """Without dropout neither the mini-batch size nor the order of embedding can matter: length-sorted chunks of 3 ==
     one forward pass of everything in batch order (no hard negatives, in-batch negatives only)."""
@@ -324,6 +337,42 @@ def test_no_sync_is_entered_for_all_but_the_last_backward():
     cached = CachedInfoNCE(lambda ts: enc(torch.stack([table[t] for t in ts])), mini_batch_size=2, no_sync=Recorder)
     cached.step(list("abcd"), list("efgh"))  # 2 query chunks + 2 positive chunks = 4 backwards
     assert len(entered) == 3
+
+
+def test_one_mini_batch_is_the_plain_loss_with_one_backward():
+    """With the whole batch in one mini-batch the cached loss is the plain one: each group embedded once with its
+    graph, `info_nce` of the batch, and the given `backward` run once on it (what DeepSpeed's engine needs)."""
+    enc = torch.nn.Linear(4, 3).double()
+    table = {t: torch.randn(4, dtype=torch.float64) for t in "abcdefgh"}
+    embed = lambda ts: enc(torch.stack([table[t] for t in ts]))  # noqa: E731
+    calls, entered = [], []
+    queries, positives, negatives = list("abc"), list("def"), ["g", None, "h"]
+
+    class Recorder:
+        def __enter__(self):
+            entered.append(1)
+
+        def __exit__(self, *exc):
+            return False
+
+    def backward(loss):
+        calls.append(float(loss.detach()))
+        loss.backward()
+
+    loss = CachedInfoNCE(embed, mini_batch_size=3, no_sync=Recorder, backward=backward).step(queries, positives, negatives)
+    got = [w.grad.clone() for w in enc.parameters()]
+    assert len(calls) == 1 and not entered  # one backward, no DDP sync juggling
+    enc.zero_grad()
+    n = torch.zeros(3, 3, dtype=torch.float64).index_copy(0, torch.tensor([0, 2]), embed(["g", "h"]))
+    want = info_nce(embed(queries), embed(positives), n, q_texts=queries, p_texts=positives, n_texts=negatives)
+    want.backward()
+    assert loss == pytest.approx(want.item(), abs=1e-12)
+    for g, w in zip(got, (w.grad for w in enc.parameters()), strict=True):
+        torch.testing.assert_close(g, w, atol=1e-12, rtol=0)
+    # one mini-batch smaller than the batch takes the cached path: the same numbers, and `backward` is not used
+    enc.zero_grad()
+    cached = CachedInfoNCE(embed, mini_batch_size=2, backward=backward).step(queries, positives, negatives)
+    assert cached == pytest.approx(want.item(), abs=1e-12) and len(calls) == 1
 
 
 # ---------------------------------------------------------------------------------------------------------------------

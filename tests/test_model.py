@@ -1,4 +1,5 @@
-"""Pooling and the Embedder: equal to sentence-transformers' pooling, padding-side invariant, EOS really pooled."""
+"""Pooling and the embedders: equal to sentence-transformers' pooling, padding-side invariant, EOS really pooled; every
+embedder states what the Embedder protocol asks, a lazy one without loading."""
 
 from __future__ import annotations
 
@@ -7,7 +8,15 @@ import pytest
 import torch
 
 from synthembed.errors import SynthembedError
-from synthembed.model import is_decoder_only, load_embedder, rope_theta_of
+from synthembed.model import (
+    DistinctTexts,
+    Embedder,
+    LazyEmbedder,
+    TransformerEmbedder,
+    is_decoder_only,
+    load_embedder,
+    rope_theta_of,
+)
 from synthembed.pooling import POOLING_MODES, check_pooling, pool
 
 TEXTS = [
@@ -124,3 +133,39 @@ def test_architecture_kinds(tiny_mistral, minilm):
 def test_missing_model_is_a_clear_error(tmp_path):
     with pytest.raises(SynthembedError, match="cannot load model"):
         load_embedder(str(tmp_path / "no-such-model"))
+
+
+PROTOCOL = set(Embedder.__annotations__) | {n for n in vars(Embedder) if not n.startswith("_")}
+
+
+@pytest.mark.parametrize("cls", [TransformerEmbedder, LazyEmbedder, DistinctTexts])
+def test_every_embedder_states_the_protocol(cls):
+    assert {"name", "loaded", "pooling", "max_len", "dimension", "encode", "encode_queries", "settings"} <= PROTOCOL
+    assert Embedder in cls.__mro__  # explicit: the defaults (encode_queries, settings) come from the protocol
+    stated = set(dir(cls)) | set(cls.__init__.__code__.co_names)  # attributes set in __init__ count
+    assert PROTOCOL <= stated, PROTOCOL - stated
+
+
+def test_lazy_embedder_knows_only_its_name_until_it_loads(minilm):
+    lazy = LazyEmbedder(str(minilm), {"device": "cpu"})
+    assert (lazy.name, lazy.loaded) == (str(minilm), False)
+    assert (lazy.pooling, lazy.max_len, lazy.append_eos, lazy.dimension) == (None, None, None, None)
+    assert not lazy.loaded  # asking did not load it
+    reps = lazy.encode_queries(["a cat"], task="Find pets", show_progress=False)
+    assert lazy.loaded and (lazy.pooling, lazy.max_len, lazy.dimension) == ("mean", 256, 384)
+    assert lazy.settings() == {"pooling": "mean", "max_len": 256, "append_eos": False}
+    eager = load_embedder(str(minilm), device="cpu")
+    np.testing.assert_allclose(reps, eager.encode(["Instruct: Find pets\nQuery: a cat"], show_progress=False), atol=1e-6)
+
+
+def test_distinct_texts_encodes_each_text_once_and_is_the_wrapped_model_otherwise(minilm):
+    inner = load_embedder(str(minilm), device="cpu")
+    emb = DistinctTexts(inner)
+    reps = emb.encode(["a", "b", "a"], show_progress=False)
+    assert emb.encoded == 2 and reps.shape == (3, 384)
+    np.testing.assert_array_equal(reps[0], reps[2])
+    np.testing.assert_allclose(reps, inner.encode(["a", "b", "a"], show_progress=False), atol=1e-6)
+    assert emb.encode([]).shape == (0, 384)
+    assert (emb.name, emb.loaded, emb.pooling, emb.max_len, emb.dimension) == (inner.name, True, "mean", 256, 384)
+    assert emb.settings() == inner.settings() and emb.model is inner.model
+

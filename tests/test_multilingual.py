@@ -1,6 +1,6 @@
-"""multilingual.py: per-language statistics of a hand-built run (exact counts, shares, verification rates), the same
-numbers as generate.py's own stats.json on a real loopback run, script detection against mteb's Tatoeba metadata, the
-code -> language mapping for every benchmark file, and per-language score tables."""
+"""The multilingual study: per-language statistics of a hand-built run (exact counts, shares, verification rates), the
+same numbers as the pipeline's own stats.json on a real loopback run, script detection against mteb's Tatoeba metadata,
+the code -> language mapping for every benchmark file, per-language score tables and notebook 05's recorded numbers."""
 
 from __future__ import annotations
 
@@ -10,26 +10,29 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from synthembed.data import TASK_TYPES, write_jsonl
+from synthembed.data import write_jsonl
 from synthembed.errors import SynthembedError
-from synthembed.evaluation.multilingual import (
-    ISO639_3_NAMES,
-    detect_script,
+from synthembed.evaluation.bitext import (
     group_means,
-    language_name,
     language_scores,
-    language_table,
     latin_gap,
+    multilingual_summary,
+    parse_codes,
+    published_beside,
+)
+from synthembed.evaluation.language_codes import detect_script, language_name, other_side, resource_group
+from synthembed.evaluation.multilingual import (
+    language_table,
     length_summary,
     load_run,
-    published_beside,
-    resource_group,
     run_summary,
     task_group_by_language,
     text_lengths,
     verification_rates,
 )
-from synthembed.languages import LANGUAGES, language_weights
+from synthembed.languages import ISO639_3_NAMES, LANGUAGES, language_weights
+from synthembed.reference import MINILM_TATOEBA_F1_BY_LANGUAGE
+from synthembed.taskgroups import TASK_TYPES
 
 W = language_weights()
 
@@ -147,7 +150,8 @@ def test_missing_run_is_a_clear_error(tmp_path):
 
 def test_agrees_with_generate_stats_on_a_loopback_run(tmp_path):
     """The same counts as generate.py's stats.json, on a real run with scripted wrong-language replies."""
-    from synthembed.generation.pipeline import GenerateConfig, generate
+    from synthembed.generation.pipeline import generate
+    from synthembed.generation.plan import GenerateConfig
     from synthembed.testing.loopback import Faults, LoopbackServer
 
     config = GenerateConfig(model="loopback", task_types=("short-short", "sts", "bitext"), tasks_per_type=3,
@@ -226,9 +230,41 @@ def test_language_scores_table():
     tatoeba = table[table["task"] == "Tatoeba"]
     assert latin_gap(tatoeba) == {"latin": pytest.approx(50.0), "non_latin": pytest.approx(10.0)}
     assert group_means(tatoeba).loc["high", "mean"] == pytest.approx(30.0)
-    beside = published_beside(tatoeba, {"deu": 7.89, "fra": 8.17})
-    assert beside.to_dict("records") == [{"code": "deu", "language": "German", "ours": 50.0, "published": 7.89,
-                                          "difference": pytest.approx(42.11)}]  # fmt: skip
+    beside = published_beside(tatoeba, MINILM_TATOEBA_F1_BY_LANGUAGE)  # deu and fra: only deu is in ours
+    published = MINILM_TATOEBA_F1_BY_LANGUAGE["deu"]
+    assert beside.to_dict("records") == [{"code": "deu", "language": "German", "ours": 50.0, "published": published,
+                                          "difference": pytest.approx(50.0 - published)}]  # fmt: skip
+
+
+def test_pair_sides_and_language_settings():
+    assert other_side("deu-eng") == "deu" and other_side("eng_Latn-hin_Deva") == "hin_Deva" and other_side("en-de") == "de"
+    assert other_side("eng-eng") == "eng"
+    assert parse_codes("deu, cmn") == ["deu", "cmn"] and parse_codes(" ALL ") is None and parse_codes(None) is None
+    assert parse_codes(["deu_Latn"]) == ["deu_Latn"]
+    with pytest.raises(SynthembedError, match="unknown language code"):
+        parse_codes("deu,xx-yy")
+
+
+def test_multilingual_summary_records_notebook_05s_numbers(known_run):
+    scores = pd.DataFrame([
+        {"model": "baseline", "benchmark": "Tatoeba", "code": "deu", "group": "high", "script": "Latn", "score": 40.0},
+        {"model": "baseline", "benchmark": "Tatoeba", "code": "cmn", "group": "high", "script": "Hani", "score": 2.0},
+        {"model": "baseline", "benchmark": "Tatoeba", "code": "amh", "group": "low", "script": "Ethi", "score": 1.0},
+        {"model": "baseline", "benchmark": "FLORES", "code": "deu", "group": "high", "script": "Latn", "score": 30.0},
+        {"model": "trained", "benchmark": "Tatoeba", "code": "deu", "group": "high", "script": "Latn", "score": 45.12345},
+    ])  # fmt: skip
+    run, shares, lengths = load_run(known_run), language_table(known_run), text_lengths(known_run)
+    numbers = multilingual_summary(known_run, run, shares, lengths, scores, limit=200, hub_tasks=[])
+    assert numbers["generation_dir"] == str(known_run) and numbers["limit"] == 200 and numbers["hub_tasks"] == []
+    assert {k: numbers[k] for k in run_summary(run)} == run_summary(run)
+    assert numbers["counts"] == {"English": 3, "German": 2, "Amharic": 1, "Japanese": 1, "Swahili": 0}
+    assert numbers["script_by_language"] == {"Amharic": "Ethi", "English": "Latn", "German": "Latn", "Japanese": "Jpan"}
+    assert numbers["mean_scores"] == {"FLORES_baseline": 30.0, "Tatoeba_baseline": pytest.approx(43 / 3, abs=1e-4),
+                                      "Tatoeba_trained": 45.1234}  # fmt: skip
+    assert numbers["tatoeba_baseline"] == {"deu": 40.0, "cmn": 2.0, "amh": 1.0}
+    assert (numbers["tatoeba_baseline_latin"], numbers["tatoeba_baseline_non_latin"]) == (40.0, 1.5)
+    assert numbers["group_means"]["baseline/Tatoeba/high"] == 21.0 and numbers["group_means"]["trained/Tatoeba/high"] == 45.12
+    assert numbers["stand_in"] is False  # no stats.json in the hand-built run
 
 
 @pytest.mark.notebook

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from synthembed.generation.prompts import TASK_TYPES
+from synthembed.taskgroups import TASK_TYPES
 
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]
 

@@ -12,17 +12,18 @@ import torch
 
 from synthembed.cli import main
 from synthembed.errors import SynthembedError
-from synthembed.evaluation import passkey
+from synthembed.evaluation import passkey, passkey_grid
+from synthembed.evaluation.commands import _base_list, _int_list, _window_list
 from synthembed.evaluation.metrics import top1_accuracy
-from synthembed.evaluation.passkey import (
-    NEEDLE,
+from synthembed.evaluation.passkey import NEEDLE, count_tokens, describe_sets, make_passkey_set
+from synthembed.evaluation.passkey_grid import (
     PasskeySetting,
-    count_tokens,
     effective_settings,
     grid_settings,
-    make_passkey_set,
+    passkey_summary,
     run_passkey_grid,
 )
+from synthembed.reference import PAPER_FIGURE5
 
 
 @pytest.fixture(scope="module")
@@ -161,14 +162,14 @@ def test_changed_sliding_window_reaches_the_attention(tiny_mistral):
 
 
 def test_grid_records_settings_and_survives_a_length_that_does_not_fit(tiny_mistral, monkeypatch):
-    real = passkey.score_passkey_set
+    real = passkey_grid.score_passkey_set
 
     def scored(emb, pset, *args, **kwargs):
         if pset.length == 128 and emb.model.config.sliding_window is None:
             raise RuntimeError("CUDA out of memory. Tried to allocate 64.00 GiB")
         return real(emb, pset, *args, **kwargs)
 
-    monkeypatch.setattr(passkey, "score_passkey_set", scored)
+    monkeypatch.setattr(passkey_grid, "score_passkey_set", scored)
     settings = grid_settings([1e4, 1e5], [32, 0])
     grid = run_passkey_grid(str(tiny_mistral), [64, 128], settings, n_queries=4, n_candidates=6, show_progress=False)
     assert len(grid.rows) == 8
@@ -188,7 +189,7 @@ def test_grid_records_settings_and_survives_a_length_that_does_not_fit(tiny_mist
 
 
 def test_other_errors_are_not_swallowed(tiny_mistral, monkeypatch):
-    monkeypatch.setattr(passkey, "score_passkey_set", lambda *a, **k: (_ for _ in ()).throw(ValueError("a bug")))
+    monkeypatch.setattr(passkey_grid, "score_passkey_set", lambda *a, **k: (_ for _ in ()).throw(ValueError("a bug")))
     with pytest.raises(ValueError, match="a bug"):
         run_passkey_grid(str(tiny_mistral), [64], n_queries=2, n_candidates=3, show_progress=False)
 
@@ -216,7 +217,7 @@ def test_setting_labels_and_overrides():
     assert PasskeySetting(1e5, 32768).overrides() == {"rope_theta": 1e5, "sliding_window": 32768}
     assert PasskeySetting(None, 0).overrides() == {"sliding_window": None}
     assert PasskeySetting().overrides() == {} and PasskeySetting().label == "model's window, model's base"
-    assert set(passkey.PAPER_FIGURE5) <= {s.label for s in grid_settings([1e4, 1e5, 1e6], [4096, 32768])}
+    assert set(PAPER_FIGURE5) <= {s.label for s in grid_settings([1e4, 1e5, 1e6], [4096, 32768])}
 
 
 def test_lemb_passkey_is_reported_unavailable_offline(monkeypatch, tmp_path):
@@ -224,14 +225,41 @@ def test_lemb_passkey_is_reported_unavailable_offline(monkeypatch, tmp_path):
 
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache: the data cannot be there
-    available, reason = passkey.lemb_passkey_status()
+    available, reason = passkey_grid.lemb_passkey_status()
     assert not available and "offline" in reason and "not in the local Hugging Face cache" in reason
     with pytest.raises(SynthembedError, match="LEMBPasskeyRetrieval is not available: offline"):
-        passkey.run_lemb_passkey(None, name="m", lengths=[256])
+        passkey_grid.run_lemb_passkey(None, name="m", lengths=[256])
 
 
 def test_count_tokens_includes_bos(tokenizer):
     assert count_tokens(tokenizer, ["", "hello"])[0] == 1
+
+
+def test_command_line_lists():
+    assert _int_list("256, 1k,32k") == [256, 1024, 32768]
+    assert _base_list("1e4,100000,model") == [1e4, 1e5, None]
+    assert _window_list("4096,32k,none,off,model,default") == [4096, 32768, 0, 0, None, None]
+    for parse, text, message in ((_int_list, ",", "empty list"), (_base_list, "1e4,x", "not a RoPE base"),
+                                 (_base_list, "1", "greater than 1"), (_window_list, "4k,lots", "not a token count")):
+        with pytest.raises(SynthembedError, match=message):
+            parse(text)  # fmt: skip
+
+
+def test_summary_records_the_grid_and_the_data_checks(tiny_mistral, tokenizer):
+    sets = {n: make_passkey_set(tokenizer, n, n_queries=3, n_candidates=5) for n in (64, 96)}
+    table = describe_sets(sets)
+    assert table["target length"].tolist() == [64, 96] and (table["BM25 top-1"] == 1.0).all()
+    assert table["documents"].tolist() == [5, 5] and (table["min tokens"] <= table["max tokens"]).all()
+    settings = grid_settings([1e4], [0])
+    grid = run_passkey_grid(str(tiny_mistral), [96, 64], settings, n_queries=3, n_candidates=5, show_progress=False)
+    summary = passkey_summary(grid, table, model="tiny", lemb=(False, "offline", {}))
+    worst = max(abs(d.n_tokens - n) for n, s in sets.items() for d in s.documents)
+    assert summary["max_length_error"] == worst <= 4 and summary["lexical_top1"] == 1.0
+    assert summary["model"] == "tiny" and summary["lengths"] == [64, 96] and summary["chance"] == 1 / 5
+    assert summary["settings"] == ["window none, base 1e4"] and set(summary["accuracy"]["window none, base 1e4"]) == {"64", "96"}
+    assert summary["status"] == {"window none, base 1e4 @ 64": "ok", "window none, base 1e4 @ 96": "ok"}
+    assert summary["effective"] == grid.effective
+    assert (summary["lemb_available"], summary["lemb_reason"], summary["lemb_scores"]) == (False, "offline", {})
 
 
 @pytest.mark.notebook

@@ -14,10 +14,6 @@ import pytest
 from synthembed.data import TASK_TYPES
 from synthembed.errors import SynthembedError
 from synthembed.generation.prompts import (
-    BITEXT_INSTRUCTION,
-    OUTPUT_FIELDS,
-    PLACEHOLDER_VALUES,
-    STS_INSTRUCTION,
     Prompt,
     PromptError,
     brainstorm_prompt,
@@ -26,6 +22,12 @@ from synthembed.generation.prompts import (
     task_instruction,
 )
 from synthembed.languages import LANGUAGES
+from synthembed.taskgroups import TASK_GROUP, TASK_GROUPS
+
+PLACEHOLDER_VALUES = {group.name: group.placeholders for group in TASK_GROUPS}
+OUTPUT_FIELDS = {group.name: group.fields for group in TASK_GROUPS}
+STS_INSTRUCTION = TASK_GROUP["sts"].instruction
+BITEXT_INSTRUCTION = TASK_GROUP["bitext"].instruction
 
 # PAPER.md, "Placeholders sampled into the generation prompt" (the paper's Table 8), written out independently.
 EXPECTED_PLACEHOLDERS = {
@@ -219,16 +221,28 @@ def test_templates_are_package_data_in_our_own_words():
 
 
 def test_docstring_examples_run():
-    """The one-line examples in the docstrings of languages, prompts and parsing are true."""
+    """The one-line examples in the docstrings of languages, task groups, prompts and parsing are true."""
     import doctest
 
     import synthembed.generation.parsing
     import synthembed.generation.prompts
     import synthembed.languages
+    import synthembed.taskgroups
 
-    for module in (synthembed.languages, synthembed.generation.prompts, synthembed.generation.parsing):
+    for module in (synthembed.languages, synthembed.taskgroups, synthembed.generation.prompts,
+                   synthembed.generation.parsing):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted > 3, module.__name__
+
+
+@pytest.mark.parametrize("name", ["generation.cost", "generation.dedup", "generation.llm", "generation.preview",
+                                  "generation.rundir", "testing.scripted"])
+def test_docstring_examples_of_the_generation_modules_run(name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(f"synthembed.{name}"), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted >= 1, name
 
 
 def test_every_language_is_named_in_the_rules():

@@ -1,5 +1,6 @@
-"""Reproduce a published number: all-MiniLM-L6-v2 on Tatoeba bitext mining, F1 averaged over the 112 languages, 3.88 as
-MTEB reports it (German 7.89, French 8.17), through mteb's own Tatoeba task and evaluator on the local LASER files.
+"""Reproduce a published number: all-MiniLM-L6-v2 on Tatoeba bitext mining, F1 averaged over the 112 languages as MTEB
+reports it, and MTEB's German and French scores (reference.py), through mteb's own Tatoeba task and evaluator on the
+local LASER files.
 
 Also the paper's claim that the per-language scores show: an English-only model fails outside Latin scripts.
 Takes about 12 minutes on 2 CPU cores (88,877 pairs, compute-bound in MiniLM); CI runs it.
@@ -9,23 +10,17 @@ from __future__ import annotations
 
 import pytest
 
-from synthembed.evaluation.multilingual import (
-    MINILM_TATOEBA_F1,
-    MINILM_TATOEBA_F1_BY_LANGUAGE,
-    TATOEBA_TOLERANCE,
-    DistinctTexts,
-    evaluate_bitext,
-    group_means,
-    latin_gap,
-    published_beside,
-)
+from synthembed.evaluation.bitext import evaluate_bitext, group_means, latin_gap, published_beside
+from synthembed.reference import MINILM_TATOEBA_F1, MINILM_TATOEBA_F1_BY_LANGUAGE
+
+TATOEBA_TOLERANCE = 0.3  # how close our MiniLM mean must come to MTEB's published one
 
 
 @pytest.mark.slow
 @pytest.mark.realdata
 @pytest.mark.timeout(3600)  # 12 minutes on 2 quiet cores (158k distinct sentences through MiniLM); room for a busy machine
 def test_minilm_tatoeba_mean_f1_matches_mteb(shared_data, minilm):
-    from synthembed.model import load_embedder
+    from synthembed.model import DistinctTexts, load_embedder
 
     embedder = DistinctTexts(load_embedder(str(minilm)))
     table = evaluate_bitext(

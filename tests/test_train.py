@@ -4,6 +4,7 @@ merged model loads in sentence-transformers and embeds exactly like our Embedder
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -13,9 +14,12 @@ import textwrap
 import pytest
 
 from synthembed.cli import main
-from synthembed.data import Example, TrainingPair, write_jsonl
+from synthembed.data import Example, write_jsonl
 from synthembed.errors import SynthembedError
-from synthembed.training.loop import BatchPlan, TrainArguments, check_batch_sizes, train
+from synthembed.training.args import TrainArguments, check_batch_sizes
+from synthembed.training.data import BatchPlan, TrainingPair, load_pairs
+from synthembed.training.log import TrainLog, log_summary, read_train_log, training_summary
+from synthembed.training.loop import train
 
 WORDS = "apple river protein gene planet ocean forest music city virus star cell drug mountain".split()
 
@@ -65,6 +69,37 @@ def test_batch_sizes_must_divide():
         check_batch_sizes(16, 3, 1)
 
 
+def test_switches_have_one_field_and_every_spelling():
+    """One field per setting: gradient_checkpointing is on by default and both spellings reach it; --quiet turns
+    `progress` off; the flags users type stay as they were."""
+    from synthembed.cli import build_parser
+
+    parser = build_parser("train")
+    required = ["train", "--data", "a.jsonl,b", "--base-model", "m", "--out", "o"]
+    defaults = parser.parse_args(required)
+    assert defaults.gradient_checkpointing and defaults.progress and not defaults.no_lora and not defaults.resume
+    assert not parser.parse_args([*required, "--no-gradient-checkpointing"]).gradient_checkpointing
+    assert parser.parse_args([*required, "--gradient-checkpointing"]).gradient_checkpointing
+    flags = parser.parse_args([*required, "--quiet", "--no-lora", "--no-export", "--resume", "--mix", "1,0.5"])
+    assert (flags.progress, flags.no_lora, flags.no_export, flags.resume, flags.mix) == (False, True, True, True, [1, 0.5])
+    assert defaults.data == ["a.jsonl", "b"]
+    assert not any(f.name.startswith("no_gradient") for f in dataclasses.fields(TrainArguments))
+
+
+def test_train_log_resumes_and_summarises(tmp_path):
+    log = TrainLog(tmp_path, keep_until=0, enabled=True)
+    for step, loss in enumerate([3.0, 2.0, 1.0, 0.5, 0.25], start=1):
+        log.write(step=step, epoch=0, loss=loss, lr=0.1, grad_norm=1, pairs_per_s=1, tokens_per_s=10 * step, elapsed_s=step)
+    TrainLog(tmp_path, keep_until=4, enabled=True)  # resumed from step 4: step 5, never checkpointed, goes
+    assert [row["step"] for row in read_train_log(tmp_path)] == [1, 2, 3, 4]
+    assert log_summary(tmp_path) == {"steps": 4, "first loss": 2.0, "last loss": 3.5 / 3, "tokens/s (median)": 25.0}
+    numbers = training_summary(tmp_path.parent, pairs=9, synthetic_used=False,
+                               similarities={tmp_path.name: {"top1 after": 0.5}}, st_max_abs_diff={tmp_path.name: 0.0})
+    assert numbers["pairs"] == 9 and numbers["synthetic_used"] is False
+    assert numbers[tmp_path.name] == {**log_summary(tmp_path), "top1 after": 0.5, "st_max_abs_diff": 0.0,
+                                      "merged": str(tmp_path / "merged"), "adapter": str(tmp_path / "adapter")}
+
+
 def test_batch_plan_covers_each_epoch_and_groups():
     pairs = [TrainingPair(query=str(i), positive="p", task_type=("sts", "short-long")[i % 2]) for i in range(20)]
     plan = BatchPlan(pairs, batch_size=4, seed=0)
@@ -108,7 +143,8 @@ def test_sigkill_then_resume_matches_uninterrupted(examples, tiny_mistral, tmp_p
     killed = tmp_path / "killed"
     script = textwrap.dedent(f"""
         import json, os, signal
-        from synthembed.training.loop import TrainArguments, train
+        from synthembed.training.args import TrainArguments
+        from synthembed.training.loop import train
         args = TrainArguments(**json.loads({json.dumps(json.dumps(_args(examples, tiny_mistral, killed, no_export=True).__dict__))}))
         train(args, on_step=lambda step, loss: step == 5 and os.kill(os.getpid(), signal.SIGKILL))
     """)
@@ -136,13 +172,12 @@ def test_in_batch_negatives_switched_off_for_one_task_group(examples, tiny_mistr
 
     from synthembed.losses import info_nce
     from synthembed.model import load_embedder
-    from synthembed.training.loop import load_pairs
 
     settings = dict(max_steps=1, save_every=0, no_export=True, lora_dropout=0.0)
     off = _args(examples, tiny_mistral, tmp_path / "off", no_in_batch_negatives_for=["sts"], **settings)
     train(off)
     train(_args(examples, tiny_mistral, tmp_path / "on", **settings))
-    rows = BatchPlan(load_pairs(off), off.batch_size, seed=off.seed).batch(0)
+    rows = BatchPlan(load_pairs(off.data, seed=off.seed), off.batch_size, seed=off.seed).batch(0)
     flags = [r.task_type != "sts" for r in rows]
     assert 0 < flags.count(False) < len(flags)  # the batch mixes groups
     emb = load_embedder(str(tiny_mistral), max_len=32, device="cpu")

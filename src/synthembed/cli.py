@@ -22,11 +22,11 @@ from .errors import SynthembedError
 
 # name -> (module that implements it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "generate": ("synthembed.generation.pipeline", "brainstorm tasks and generate synthetic examples with an LLM (resumable)"),
-    "stats": ("synthembed.generation.pipeline", "summarise a generation run: counts by group, language, rejection reason; plots"),
-    "train": ("synthembed.training.loop", "contrastive (InfoNCE) LoRA training of an embedding model"),
-    "evaluate": ("synthembed.evaluation.run", "evaluate a model on MTEB tasks or local task directories"),
-    "passkey": ("synthembed.evaluation.passkey", "personalized passkey retrieval over lengths and RoPE bases"),
+    "generate": ("synthembed.generation.commands", "brainstorm tasks and generate synthetic examples with an LLM (resumable)"),
+    "stats": ("synthembed.generation.commands", "summarise a generation run: counts by group, language, rejection reason; plots"),
+    "train": ("synthembed.training.commands", "contrastive (InfoNCE) LoRA training of an embedding model"),
+    "evaluate": ("synthembed.evaluation.commands", "evaluate a model on MTEB tasks or local task directories"),
+    "passkey": ("synthembed.evaluation.commands", "personalized passkey retrieval over lengths and RoPE bases"),
     "study": ("synthembed.study", "run the numbered notebooks headless with papermill for a profile"),
 }
 

@@ -1,5 +1,5 @@
-"""Data: the synthetic example schema and its JSONL files, readers for the benchmark layouts in ../shared/data
-(BEIR, STS Benchmark, SICK, classification CSV, Tatoeba and FLORES bitext), and training pairs.
+"""Data: the synthetic example schema and its JSONL files, and readers for the benchmark layouts in ../shared/data
+(BEIR, STS Benchmark, SICK, classification CSV, Tatoeba and FLORES bitext). Training pairs: training/data.py.
 
     from synthembed.data import Example, read_examples, read_beir
     examples = read_examples("runs/gen/examples.jsonl")
@@ -21,9 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .errors import SynthembedError
 
 TaskType = Literal["short-long", "long-short", "short-short", "long-long", "sts", "bitext"]
-TASK_TYPES: tuple[str, ...] = ("short-long", "long-short", "short-short", "long-long", "sts", "bitext")
-ASYMMETRIC_TASK_TYPES: tuple[str, ...] = ("short-long", "long-short", "short-short", "long-long")
-SYMMETRIC_TASK_TYPES: tuple[str, ...] = ("sts", "bitext")
+from .taskgroups import ASYMMETRIC_TASK_TYPES, SYMMETRIC_TASK_TYPES, TASK_TYPES  # noqa: E402, F401  (one table: taskgroups.py)
 
 
 class ExampleMeta(BaseModel):
@@ -147,6 +145,15 @@ def read_beir(
     return corpus, queries, qrels
 
 
+def beir_document(doc: dict[str, str]) -> str:
+    """A BEIR document as retrieval sees it: "title text" (MTEB's protocol).
+
+    >>> beir_document({"title": "T", "text": "x"})
+    'T x'
+    """
+    return f"{doc.get('title') or ''} {doc.get('text') or ''}".strip()
+
+
 def read_sts(path: str | Path) -> list[tuple[str, str, float]]:
     """(sentence1, sentence2, score) from the STS Benchmark files (tab-separated, score in column 5, sentences in 6 and 7,
     no quoting, sometimes extra trailing columns) or SICK.txt (header; sentence_A, sentence_B, relatedness_score)."""
@@ -220,123 +227,3 @@ def read_flores(directory: str | Path, split: str = "devtest") -> dict[str, list
     if len(lengths) != 1:
         raise SynthembedError(f"{directory}: FLORES files are not line-aligned (line counts {sorted(lengths)})")
     return sentences
-
-
-# --- training pairs ---------------------------------------------------------------------------------------------------
-
-# Task instructions for labeled retrieval sets, as E5-mistral's model card lists them (a plain lookup, tevatron style).
-BEIR_INSTRUCTIONS: dict[str, str] = {
-    "scifact": "Given a scientific claim, retrieve documents that support or refute the claim",
-    "msmarco": "Given a web search query, retrieve relevant passages that answer the query",
-    "msmarco_subset": "Given a web search query, retrieve relevant passages that answer the query",
-    "nfcorpus": "Given a question, retrieve relevant documents that best answer the question",
-    "fiqa": "Given a financial question, retrieve user replies that best answer the question",
-    "nq": "Given a question, retrieve Wikipedia passages that answer the question",
-    "hotpotqa": "Given a multi-hop question, retrieve documents that can help answer the question",
-    "fever": "Given a claim, retrieve documents that support or refute the claim",
-}
-
-
-class TrainingPair(BaseModel):
-    """One contrastive training row: the instructed query, its positive, an optional hard negative, and its task group.
-
-    >>> TrainingPair(query="Instruct: t\\nQuery: q", positive="p", negative=None, task_type="short-long").positive
-    'p'
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    query: str = Field(description="the query side, already formatted with its instruction")
-    positive: str
-    negative: str | None = None
-    task_type: str = Field("short-long", description="the task group; batches may be drawn from one group at a time")
-    source: str = Field("", description="where the row came from (file or folder), for mixing reports")
-    instructed: bool = Field(False, description="whether the query carries a task instruction (the export records it)")
-
-
-def examples_to_pairs(examples: Iterable[Example], source: str = "") -> list[TrainingPair]:
-    """Synthetic examples as training pairs: `Instruct: {task}\\nQuery: {query}` on the query side, documents plain."""
-    return [
-        TrainingPair(
-            query=format_query(ex.task, ex.query),
-            instructed=bool(ex.task),
-            positive=ex.positive,
-            negative=ex.negative,
-            task_type=ex.task_type,
-            source=source,
-        )
-        for ex in examples
-    ]
-
-
-def beir_document(doc: dict[str, str]) -> str:
-    """A BEIR document as retrieval sees it: "title text" (MTEB's protocol)."""
-    return f"{doc.get('title') or ''} {doc.get('text') or ''}".strip()
-
-
-def beir_instruction(directory: str | Path) -> str | None:
-    """The instruction for a BEIR folder by its name (scifact, msmarco, ...), None when unknown."""
-    name = Path(directory).resolve().name.lower()
-    return BEIR_INSTRUCTIONS.get(name)
-
-
-def beir_to_pairs(
-    corpus: dict[str, dict[str, str]],
-    queries: dict[str, str],
-    qrels: dict[str, dict[str, int]],
-    negatives: dict[str, list[str]] | None = None,
-    task: str | None = None,
-    source: str = "",
-) -> list[TrainingPair]:
-    """Labeled retrieval data as pairs: one row per (query, relevant document), with the query's mined hard negatives
-    used in turn (row i of a query takes negative i mod n); `task` becomes the instruction (None: plain queries).
-
-    >>> beir_to_pairs({"d": {"title": "T", "text": "x"}}, {"q": "y"}, {"q": {"d": 1}})[0].positive
-    'T x'
-    """
-    pairs = []
-    for qid in sorted(qrels):
-        if qid not in queries:
-            continue
-        relevant = sorted(did for did, score in qrels[qid].items() if score > 0 and did in corpus)
-        mined = (negatives or {}).get(qid) or []
-        for i, did in enumerate(relevant):
-            negative = beir_document(corpus[mined[i % len(mined)]]) if mined else None
-            pairs.append(
-                TrainingPair(
-                    query=format_query(task, queries[qid]),
-                    instructed=bool(task),
-                    positive=beir_document(corpus[did]),
-                    negative=negative,
-                    task_type="short-long",
-                    source=source,
-                )
-            )
-    return pairs
-
-
-def mix_pairs(sources: list[list[TrainingPair]], ratios: list[float] | None = None, seed: int = 0) -> list[TrainingPair]:
-    """Mix pair sets by sampling ratios, as the paper mixes its datasets (e.g. MS MARCO passage at 0.5).
-
-    A ratio below 1 keeps that fraction (sampled without replacement); above 1 repeats the set and samples the rest;
-    the result is shuffled with `seed`.
-
-    >>> len(mix_pairs([[TrainingPair(query="q", positive="p")] * 10], [0.5]))
-    5
-    """
-    import random
-
-    ratios = list(ratios) if ratios is not None else [1.0] * len(sources)
-    if len(ratios) != len(sources):
-        raise SynthembedError(f"--mix gives {len(ratios)} ratio(s) for {len(sources)} data source(s)")
-    if any(r < 0 for r in ratios):
-        raise SynthembedError(f"--mix ratios must be non-negative, got {ratios}")
-    rng = random.Random(seed)
-    mixed: list[TrainingPair] = []
-    for pairs, ratio in zip(sources, ratios, strict=True):
-        wanted = round(len(pairs) * ratio)
-        whole, rest = divmod(wanted, len(pairs)) if pairs else (0, 0)
-        mixed.extend(list(pairs) * whole)
-        mixed.extend(rng.sample(list(pairs), rest))
-    rng.shuffle(mixed)
-    return mixed

@@ -1,9 +1,11 @@
-"""The paper's 93 languages, the sampling weights that reproduce its language shares, and their detector codes.
+"""The paper's 93 languages, the sampling weights that reproduce its language shares, their detector codes, and the
+word counter that knows scripts written without spaces.
 
     import random
-    from synthembed.languages import sample_language, sample_language_pair
+    from synthembed.languages import sample_language, sample_language_pair, word_count
     sample_language(random.Random(0))               # 'English' about 43% of the time
     sample_language_pair(random.Random(0))          # two different languages, e.g. ('English', 'German')
+    word_count("我们今天去公园散步")                   # 6: Chinese counted at 1.5 characters a word
 
 The paper (section 3.1, Figure 2) draws every example's language from XLM-R's list, weighted toward high-resource
 languages, and reports 93 languages. It never lists them; the reading used here (PAPER.md, "The language list") leaves out
@@ -150,6 +152,54 @@ def sample_language_pair(rng: random.Random, languages: Sequence[str] | None = N
     src = sample_language(rng, names)
     tgt = sample_language(rng, [name for name in names if name != src])
     return src, tgt
+
+
+# --- counting words ---------------------------------------------------------------------------------------------------
+
+# Languages written without spaces between words (their texts are joined without spaces, too).
+UNSPACED_LANGUAGES = frozenset({"Japanese", "Chinese", "Thai", "Lao", "Khmer", "Burmese"})
+
+# Scripts written without spaces between words: (first code point, last code point, characters per word).
+_UNSPACED_SCRIPTS = (
+    (0x0E00, 0x0E7F, 4.0),  # Thai
+    (0x0E80, 0x0EFF, 4.0),  # Lao
+    (0x0F00, 0x0FFF, 4.0),  # Tibetan
+    (0x1000, 0x109F, 4.0),  # Myanmar
+    (0x1780, 0x17FF, 4.0),  # Khmer
+    (0x3040, 0x30FF, 1.5),  # Hiragana, Katakana
+    (0x3400, 0x4DBF, 1.5),  # CJK extension A
+    (0x4E00, 0x9FFF, 1.5),  # CJK unified ideographs
+    (0xF900, 0xFAFF, 1.5),  # CJK compatibility ideographs
+    (0x20000, 0x3FFFF, 1.5),  # CJK extensions B and later
+)
+
+
+def _unspaced_weight(char: str) -> float:
+    """The fraction of a word one character of a space-less script stands for; 0 for any other character."""
+    point = ord(char)
+    if point < 0x0E00:
+        return 0.0
+    return next((1 / per for first, last, per in _UNSPACED_SCRIPTS if first <= point <= last), 0.0)
+
+
+def word_count(text: str) -> int:
+    """Words in `text`: whitespace tokens, with scripts written without spaces counted at a typical characters-per-word.
+
+    The one counter of the project: the validator's length rules, the stand-in LLM's text lengths and the per-language
+    statistics all count with it.
+
+    >>> word_count("one two three"), word_count("我们今天去公园散步")
+    (3, 6)
+    """
+    spaced = 0
+    unspaced = 0.0
+    for token in text.split():
+        chars = sum(_unspaced_weight(char) for char in token)
+        if chars:
+            unspaced += chars
+        else:
+            spaced += 1
+    return spaced + round(unspaced)
 
 
 def iso_code(language: str) -> str | None:

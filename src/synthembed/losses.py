@@ -11,7 +11,8 @@ Three things the plain formula leaves out, all handled here:
   document, not a negative, so its logit is masked; this matters for long-short (classification) data where many
   examples share a label text;
 - big batches: `CachedInfoNCE` gives the full-batch loss and gradients of a 2048-example batch with the activation memory
-  of one mini-batch (GradCache); gradient accumulation cannot, since it drops the negatives across micro-batches;
+  of one mini-batch (GradCache); gradient accumulation cannot, since it drops the negatives across micro-batches. With
+  one mini-batch (the whole batch) it is the plain loss: one pass with a graph, then one backward;
 - many devices: `gather=True` all-gathers the representations so every device's examples are negatives for everyone's.
 
 Run the tests: `.venv/bin/pytest tests/test_losses.py`.
@@ -250,6 +251,10 @@ class CachedInfoNCE:
     backpropagates the cached representation gradients into the model. The parameter gradients equal those of the
     full batch in one pass; gradient accumulation cannot do this, as it loses the negatives across micro-batches.
 
+    The plain loss is the cached loss with one mini-batch: when the whole batch fits in one (B <= mini_batch_size)
+    there is nothing to cache, so `step` embeds each group once with its graph and runs `backward` on the plain
+    `info_nce` of the batch (the same loss and gradients, computed once; DeepSpeed needs this, its engine runs backward).
+
     Args:
         embed_fn: list of texts -> (b, D) representations with grad, e.g.
             ``lambda texts: embedder.embed(embedder.tokenize(texts))``.
@@ -262,6 +267,8 @@ class CachedInfoNCE:
             ``lambda: accelerator.no_sync(model)``) entered for every re-embedding backward but the last, so that DDP
             all-reduces the gradients once per step.
         show_progress: a tqdm bar over the mini-batches.
+        backward: how the loss of a one-mini-batch step is backpropagated, e.g. ``accelerator.backward`` (default:
+            ``loss.backward()``); the cached path backpropagates representation gradients itself.
         sort_by_length: build the mini-batches of each group (queries, positives, negatives) from texts sorted by
             length, so that each forward pass pads little; the loss and gradients do not depend on how the batch is
             cut (only dropout masks fall on other texts). False keeps the batch order.
@@ -290,6 +297,7 @@ class CachedInfoNCE:
         no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
         show_progress: bool = False,
         sort_by_length: bool = True,
+        backward: Callable[[Tensor], object] | None = None,
     ) -> None:
         if mini_batch_size < 1:
             raise SynthembedError(f"mini_batch_size must be at least 1, got {mini_batch_size}")
@@ -301,6 +309,7 @@ class CachedInfoNCE:
         self.no_sync = no_sync
         self.show_progress = show_progress
         self.sort_by_length = sort_by_length
+        self.backward = backward
 
     def _chunks(self, texts: list[str]) -> list[list[str]]:
         return [texts[i : i + self.mini_batch_size] for i in range(0, len(texts), self.mini_batch_size)]
@@ -323,8 +332,6 @@ class CachedInfoNCE:
         Returns:
             The loss value (the global loss when gathering).
         """
-        from tqdm.auto import tqdm
-
         batch = len(queries)
         if batch == 0 or len(positives) != batch or (negatives is not None and len(negatives) != batch):
             raise SynthembedError(
@@ -333,6 +340,38 @@ class CachedInfoNCE:
             )
         present = [i for i, n in enumerate(negatives) if n is not None] if negatives is not None else []
         groups = [list(queries), list(positives)] + ([[negatives[i] for i in present]] if present else [])
+
+        def loss_of(reps: list[Tensor]) -> Tensor:
+            """info_nce of the batch from its groups' representations: (B, D), (B, D) and (len(present), D)."""
+            n_reps = None
+            if negatives is not None:
+                n_reps = reps[0].new_zeros(reps[0].shape)  # (B, D) rows of missing negatives stay zero (masked)
+                if present:
+                    n_reps = n_reps.index_copy(0, torch.tensor(present, device=n_reps.device), reps[2])
+            return info_nce(
+                reps[0],
+                reps[1],
+                n_reps,
+                temperature=self.temperature,
+                in_batch_negatives=self.in_batch_negatives if in_batch_negatives is None else list(in_batch_negatives),
+                q_texts=queries,
+                p_texts=positives,
+                n_texts=None if negatives is None else list(negatives),
+                gather=self.gather,
+            )
+
+        if batch <= self.mini_batch_size:  # one mini-batch: the plain loss, nothing to cache
+            loss = loss_of([self.embed_fn(texts) for texts in groups])  # every group embedded with its graph
+            (self.backward or Tensor.backward)(loss)
+        else:
+            loss = self._cached_step(groups, loss_of)
+        return float(loss.detach())
+
+    def _cached_step(self, groups: list[list[str]], loss_of: Callable[[list[Tensor]], Tensor]) -> Tensor:
+        """GradCache's three passes over the texts of each group (queries, positives, present hard negatives); the
+        parameter gradients accumulate as one backward of `loss_of` over all representations would leave them."""
+        from tqdm.auto import tqdm
+
         # Each group is embedded in `orders[g]` order (by character length, a cheap stand-in for token length).
         orders = [
             sorted(range(len(texts)), key=lambda i, t=texts: len(t[i])) if self.sort_by_length else list(range(len(texts)))
@@ -357,23 +396,7 @@ class CachedInfoNCE:
             leaves.append(embedded.new_empty(embedded.shape).index_copy_(0, where, embedded).requires_grad_(True))
 
         # (2) full-batch loss and its gradient with respect to the representations.
-        n_reps = n_texts = None
-        if negatives is not None:
-            n_texts = list(negatives)
-            n_reps = leaves[0].new_zeros(leaves[0].shape)  # (B, D) rows of missing negatives stay zero (masked)
-            if present:
-                n_reps = n_reps.index_copy(0, torch.tensor(present, device=n_reps.device), leaves[2])
-        loss = info_nce(
-            leaves[0],
-            leaves[1],
-            n_reps,
-            temperature=self.temperature,
-            in_batch_negatives=self.in_batch_negatives if in_batch_negatives is None else list(in_batch_negatives),
-            q_texts=queries,
-            p_texts=positives,
-            n_texts=n_texts,
-            gather=self.gather,
-        )
+        loss = loss_of(leaves)
         loss.backward()
         grads = [  # in embedding order again, to line up with the chunks
             (leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)).index_select(0, where)
@@ -398,4 +421,4 @@ class CachedInfoNCE:
                 chunk_reps.backward(gradient=chunk_grad.to(chunk_reps.dtype))
             offsets[g] += len(chunk)
         resume.restore()
-        return float(loss.detach())
+        return loss

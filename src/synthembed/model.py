@@ -10,6 +10,9 @@ Decoder-only models (Mistral, Llama, Qwen, ...) get an EOS token appended to eve
 paper's section 3.2). Recent tokenizers silently drop an EOS asked for through their template, so we append the id
 ourselves and check, batch by batch, that the pooled position really holds EOS. Encoders (BERT-like) keep their own
 special tokens and default to mean pooling. Positions come from the attention mask, so either padding side works.
+
+`Embedder` is what the rest of synthembed asks of an embedding model; load_embedder returns a TransformerEmbedder,
+LazyEmbedder loads one on first use, DistinctTexts encodes each distinct text of a corpus once.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -122,8 +125,52 @@ def _inspect_source(name_or_path: str) -> _Source:
     return _Source(weights=str(path), tokenizer=str(path), defaults=defaults)
 
 
-class Embedder:
-    """A transformers model + tokenizer + pooling: `embed` for training (with grad), `encode` for inference (numpy)."""
+class Embedder(Protocol):
+    """What evaluation, the passkey study and hard-negative mining ask of an embedding model; training takes the
+    TransformerEmbedder itself (it needs the tokenizer and the torch model).
+
+    A model that loads lazily (LazyEmbedder) says so with `loaded`: before loading it knows its name, and pooling,
+    max_len, append_eos and dimension are None; reading `model` or calling `encode` or `settings` loads it.
+
+    Example:
+        >>> def encode_corpus(emb: Embedder, texts): return emb.encode_documents(texts, batch_size=64)
+    """
+
+    name: str
+    loaded: bool  # the weights are in memory
+    pooling: str | None  # one of POOLING_MODES
+    max_len: int | None  # tokens per text, the appended EOS included
+    append_eos: bool | None  # decoder-only models: EOS appended and pooled at
+    dimension: int | None
+    model: Any  # the torch module (a lazy embedder loads it)
+
+    def encode(
+        self, texts: Sequence[str], batch_size: int = 32, show_progress: bool = True, desc: str = "encode"
+    ) -> np.ndarray:
+        """Embeddings (N, D) float32, L2-normalized, in input order."""
+        ...
+
+    def encode_queries(self, queries: Sequence[str], task: str | None = None, **kwargs) -> np.ndarray:
+        """Queries carry the instruction (`Instruct: {task}\\nQuery: {query}`); without a task they stay plain."""
+        return self.encode([format_query(task, q) for q in queries], **kwargs)
+
+    def encode_documents(self, documents: Sequence[str], **kwargs) -> np.ndarray:
+        """Documents get no instruction (the paper's section 3.1)."""
+        return self.encode(list(documents), **kwargs)
+
+    def settings(self) -> dict[str, Any]:
+        """What a saved model needs to be loaded the same way again (written as synthembed_config.json)."""
+        return {"pooling": self.pooling, "max_len": self.max_len, "append_eos": self.append_eos}
+
+
+class TransformerEmbedder(Embedder):
+    """A transformers model + tokenizer + pooling: `embed` for training (with grad), `encode` for inference (numpy).
+
+    >>> emb = load_embedder("all-MiniLM-L6-v2"); emb.encode(["a cat"]).shape  # doctest: +SKIP
+    (1, 384)
+    """
+
+    loaded = True  # built around weights already in memory
 
     def __init__(self, model, tokenizer, pooling: str, max_len: int, append_eos: bool, name: str = ""):
         self.model = model
@@ -217,21 +264,9 @@ class Embedder:
             self.model.train(was_training)
         return out
 
-    def encode_queries(self, queries: Sequence[str], task: str | None = None, **kwargs) -> np.ndarray:
-        """Queries carry the instruction (`Instruct: {task}\\nQuery: {query}`); without a task they stay plain."""
-        return self.encode([format_query(task, q) for q in queries], **kwargs)
-
-    def encode_documents(self, documents: Sequence[str], **kwargs) -> np.ndarray:
-        """Documents get no instruction (the paper's section 3.1)."""
-        return self.encode(list(documents), **kwargs)
-
     @property
     def dimension(self) -> int:
         return int(self.model.config.hidden_size)
-
-    def settings(self) -> dict[str, Any]:
-        """What a saved model needs to be loaded the same way again (written as synthembed_config.json)."""
-        return {"pooling": self.pooling, "max_len": self.max_len, "append_eos": self.append_eos}
 
 
 def default_device() -> torch.device:
@@ -246,8 +281,8 @@ def load_embedder(
     dtype: torch.dtype | str | None = None,
     config_overrides: dict[str, Any] | None = None,
     attn_implementation: str | None = "sdpa",
-) -> Embedder:
-    """Load a model as an Embedder.
+) -> TransformerEmbedder:
+    """Load a model as a TransformerEmbedder.
 
     Args:
         name_or_path: a hub id or directory: decoder-only or encoder, a sentence-transformers directory (pooling and
@@ -294,4 +329,93 @@ def load_embedder(
         model = PeftModel.from_pretrained(model, source.adapter)
     model.to(device)
     model.eval()
-    return Embedder(model, tokenizer, pooling=pooling, max_len=max_len, append_eos=append_eos, name=str(name_or_path))
+    return TransformerEmbedder(model, tokenizer, pooling, max_len, append_eos, name=str(name_or_path))
+
+
+def _after_loading(name: str) -> property:
+    return property(lambda self: None if self._loaded is None else getattr(self._loaded, name))
+
+
+class LazyEmbedder(Embedder):
+    """An embedder that loads its model on first use: a re-run whose embeddings are all cached never loads the weights.
+
+    Before loading it knows only its name; `loaded` says whether it has loaded since.
+
+    >>> emb = LazyEmbedder("all-MiniLM-L6-v2", {"device": "cpu"}); emb.loaded, emb.pooling  # doctest: +SKIP
+    (False, None)
+    """
+
+    def __init__(self, name_or_path: str, load_kwargs: dict[str, Any]):
+        self.name = str(name_or_path)
+        self.load_kwargs = load_kwargs
+        self._loaded: TransformerEmbedder | None = None
+
+    @property
+    def embedder(self) -> TransformerEmbedder:
+        """The loaded model (loaded now, if it was not yet)."""
+        if self._loaded is None:
+            self._loaded = load_embedder(self.name, **self.load_kwargs)
+        return self._loaded
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded is not None
+
+    # what only the loaded model knows: None until it has loaded (asking does not load it)
+    pooling = _after_loading("pooling")
+    max_len = _after_loading("max_len")
+    append_eos = _after_loading("append_eos")
+    dimension = _after_loading("dimension")
+
+    @property
+    def model(self):
+        return self.embedder.model
+
+    def encode(self, texts: Sequence[str], **kwargs) -> np.ndarray:
+        return self.embedder.encode(texts, **kwargs)
+
+    def settings(self) -> dict[str, Any]:
+        return self.embedder.settings()
+
+
+class DistinctTexts(Embedder):
+    """An embedder that encodes each distinct text once and serves repeats from memory (same vectors, less work);
+    everything else (name, pooling, max_len, settings, model) is the wrapped Embedder's, so evaluation fingerprints and
+    wraps it as usual.
+
+    Tatoeba's 112 English sides hold 88,877 sentences of which 69,241 are distinct; mteb encodes each language's pair
+    on its own, so the whole benchmark encodes 11% fewer texts this way.
+
+    Example:
+        >>> emb = DistinctTexts(load_embedder("all-MiniLM-L6-v2"))  # doctest: +SKIP
+        >>> emb.encode(["a", "b", "a"]).shape, emb.encoded  # doctest: +SKIP
+        ((3, 384), 2)
+    """
+
+    # the wrapped embedder's, asked each time (a lazy one loads when it loads)
+    loaded = property(lambda self: self.embedder.loaded)
+    pooling = property(lambda self: self.embedder.pooling)
+    max_len = property(lambda self: self.embedder.max_len)
+    append_eos = property(lambda self: self.embedder.append_eos)
+    dimension = property(lambda self: self.embedder.dimension)
+    model = property(lambda self: self.embedder.model)
+
+    def __init__(self, embedder: Embedder):
+        self.embedder = embedder
+        self.name = embedder.name
+        self._memo: dict[str, np.ndarray] = {}
+        self.encoded = 0  # distinct texts actually run through the model
+
+    def settings(self) -> dict[str, Any]:
+        return self.embedder.settings()
+
+    def encode(self, texts: Sequence[str], batch_size: int = 32, show_progress: bool = True, desc: str = "encode"):
+        missing = [text for text in dict.fromkeys(texts) if text not in self._memo]
+        if missing:
+            reps = self.embedder.encode(missing, batch_size=batch_size, show_progress=show_progress, desc=desc)
+            self._memo.update(zip(missing, reps, strict=True))  # (N, D)
+            self.encoded += len(missing)
+        if not texts:
+            return np.zeros((0, self.embedder.dimension), dtype=np.float32)
+        return np.stack([self._memo[text] for text in texts])  # (len(texts), D)
+

@@ -181,7 +181,7 @@ def _grouped_bars(ax, labels: list[str], series: dict[str, list[float | None]], 
 
 
 def plot_task_scores(table, path=None, title: str = "Main score per task (x100), ours beside published"):
-    """Bars per task from `synthembed.evaluation.run.task_table` (columns after task/kind/metric are runs or published)."""
+    """Bars per task from `synthembed.evaluation.tables.task_table` (columns after task/kind/metric are runs or published)."""
     series_names = [c for c in table.columns if c not in ("task", "kind", "metric")]
     fig, ax = new_figure(max(7.0, 1.2 * len(table) + 3), 4.5)
     series = {name: [None if v != v else v for v in table[name].tolist()] for name in series_names}  # NaN -> None
@@ -193,7 +193,7 @@ def plot_task_scores(table, path=None, title: str = "Main score per task (x100),
 
 
 def plot_category_scores(table, path=None, title: str = "Average per category (x100) beside the paper's Table 1"):
-    """Bars per category from `synthembed.evaluation.run.category_table`; the paper's columns hatched (56 MTEB datasets)."""
+    """Bars per category from `synthembed.evaluation.tables.category_table`; the paper's columns hatched (56 MTEB datasets)."""
     series_names = [c for c in table.columns if c != "category"]
     fig, ax = new_figure(max(7.0, 1.0 * len(table) * max(1, len(series_names)) / 3 + 3), 4.5)
     series = {name: [None if v != v else v for v in table[name].tolist()] for name in series_names}
@@ -205,7 +205,7 @@ def plot_category_scores(table, path=None, title: str = "Average per category (x
 
 # --- multilingual (notebook 05) ----------------------------------------------------------------------------------
 
-# Colours for the paper's resource groups (multilingual.RESOURCE_GROUPS): high, low, not among its 93.
+# Colours for the paper's resource groups (language_codes.RESOURCE_GROUPS): high, low, not among its 93.
 _GROUP_COLOURS = {"high": "tab:blue", "low": "tab:orange", "unseen": "tab:gray"}
 
 
@@ -276,7 +276,7 @@ def plot_text_lengths(lengths, top: int = 20, path=None, title: str = "Text leng
 
 def plot_scores_by_language(scores, reference: float | None = None, reference_label: str = "", path=None,
                             title: str = "Bitext mining F1 by language"):  # fmt: skip
-    """Per-language scores (multilingual.language_scores), best first, Latin-script languages in one colour and the
+    """Per-language scores (bitext.language_scores), best first, Latin-script languages in one colour and the
     rest in another; `reference` draws a published mean as a line."""
     rows = scores.sort_values("score", ascending=False)
     latin = (rows["script"] == "Latn").to_numpy()
@@ -296,7 +296,7 @@ def plot_scores_by_language(scores, reference: float | None = None, reference_la
 
 
 def plot_score_vs_share(scores, path=None, title: str = "Score against the language's share of training data"):
-    """Scatter of per-language score against training share (multilingual.join_shares), by resource group; languages
+    """Scatter of per-language score against training share (bitext.join_shares), by resource group; languages
     with no training data sit at the left edge. Labels name each point's code."""
     import numpy as np
 
@@ -353,7 +353,7 @@ def plot_passkey_lines(
 ):
     """Accuracy (%) against length, one solid line per setting; the paper's points (dashed, x) and bands beside them.
 
-    `paper` maps a setting label to {"points": {length: %}, "band": (low, high)} (synthembed.evaluation.passkey.PAPER_FIGURE5);
+    `paper` maps a setting label to {"points": {length: %}, "band": (low, high)} (synthembed.reference.PAPER_FIGURE5);
     a label that matches one of ours shares its colour. `chance` (a fraction) draws the chance level.
     """
     fig, ax = new_figure(7.5, 4.2)

@@ -1,9 +1,10 @@
-"""Turn raw LLM replies into task lists and examples, and judge each example against its group's rules.
+"""Turn raw LLM replies into task lists and examples, and judge each example against its group's rules (taskgroups.py).
 
-    from synthembed.generation.parsing import parse_json_object, parse_task_list, validate_example
+    from synthembed.generation.parsing import judge, parse_json_object, parse_task_list, validate_example
     obj = parse_json_object('Sure!\\n```json\\n{"S1": "a", "S2": "b", "S3": "c",}\\n```')   # fenced, trailing comma
     tasks = parse_task_list('["Given a claim, retrieve evidence.", "Classify a review."]')
     verdict = validate_example("sts", obj, {"language": "English"})                      # Verdict(ok=..., reason=...)
+    judge("sts", reply_text, "stop", None, placeholders)     # the whole check of one reply: ("ok", ...) or ("reject", ...)
 
 Nothing here evaluates model output as code (no eval, no ast.literal_eval): replies are parsed as JSON, after a small set of
 textual repairs that LLMs commonly need (trailing commas, curly quotes, single-quoted Python-style strings, unescaped inner
@@ -18,12 +19,12 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from functools import cache
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, create_model
+from pydantic import ValidationError
 
-from ..languages import iso_code
-from .prompts import OUTPUT_FIELDS, PromptError
+from ..languages import iso_code, word_count
+from .prompts import checked_group
 
 REASONS = (
     "empty", "invalid_json", "not_an_object", "not_a_list",  # parsing
@@ -314,23 +315,6 @@ def check_language(text: str, language: str) -> bool:
 
 # --- validation -------------------------------------------------------------------------------------------------------
 
-_Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
-
-
-@cache
-def schema(task_type: str) -> type[BaseModel]:
-    """The pydantic model of one group's JSON: its OUTPUT_FIELDS as required non-empty strings; extra keys are ignored.
-
-    >>> sorted(schema("sts").model_fields)
-    ['S1', 'S2', 'S3']
-    """
-    if task_type not in OUTPUT_FIELDS:
-        raise PromptError(f"unknown task type {task_type!r}; expected one of {', '.join(OUTPUT_FIELDS)}")
-    config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)  # a label of 4 is as good as "4"
-    fields = {name: (_Text, ...) for name in OUTPUT_FIELDS[task_type]}
-    return create_model(f"{task_type.title().replace('-', '')}Example", __config__=config, **fields)
-
-
 @dataclass
 class Verdict:
     """Whether an example is kept; `reason` is one of REASONS when not, `detail` says which field and why."""
@@ -340,99 +324,7 @@ class Verdict:
     detail: str = ""
 
 
-# Scripts written without spaces between words: (first code point, last code point, characters per word).
-_NO_SPACE_SCRIPTS = (
-    (0x0E00, 0x0E7F, 4.0),  # Thai
-    (0x0E80, 0x0EFF, 4.0),  # Lao
-    (0x0F00, 0x0FFF, 4.0),  # Tibetan
-    (0x1000, 0x109F, 4.0),  # Myanmar
-    (0x1780, 0x17FF, 4.0),  # Khmer
-    (0x3040, 0x30FF, 1.5),  # Hiragana, Katakana
-    (0x3400, 0x4DBF, 1.5),  # CJK extension A
-    (0x4E00, 0x9FFF, 1.5),  # CJK unified ideographs
-    (0xF900, 0xFAFF, 1.5),  # CJK compatibility ideographs
-    (0x20000, 0x3FFFF, 1.5),  # CJK extensions B and later
-)
-
-
-def _unspaced_weight(char: str) -> float:
-    """The fraction of a word one character of a space-less script stands for; 0 for any other character."""
-    point = ord(char)
-    if point < 0x0E00:
-        return 0.0
-    return next((1 / per for first, last, per in _NO_SPACE_SCRIPTS if first <= point <= last), 0.0)
-
-
-def word_count(text: str) -> int:
-    """Words in `text`: whitespace tokens, with scripts written without spaces counted at a typical characters-per-word.
-
-    >>> word_count("one two three"), word_count("我们今天去公园散步")
-    (3, 6)
-    """
-    spaced = 0
-    unspaced = 0.0
-    for token in text.split():
-        chars = sum(_unspaced_weight(char) for char in token)
-        if chars:
-            unspaced += chars
-        else:
-            spaced += 1
-    return spaced + round(unspaced)
-
-
 LENGTH_TOLERANCE = 2.0  # a text passes within a factor 2 of a length the prompt asked for: models count words loosely
-LONG_LONG_MIN_WORDS = 300  # PAPER.md: long-long query and document are each at least 300 words
-
-
-def _word_range(phrase: str) -> tuple[int | None, int | None]:
-    """(min, max) words of a length placeholder: "less than 5 words" -> (None, 5), "5 to 15 words" -> (5, 15), "200" -> (200, None)."""
-    numbers = [int(n) for n in re.findall(r"\d+", phrase)]
-    if not numbers:
-        return None, None
-    if phrase.startswith("less than"):
-        return None, numbers[0]
-    if " to " in phrase and len(numbers) >= 2:
-        return numbers[0], numbers[1]
-    return numbers[0], None  # "at least N" and the bare short-long num_words, which the prompt asks for as a minimum
-
-
-def _length_rules(task_type: str, placeholders: dict[str, Any]) -> list[tuple[str, int | None, int | None]]:
-    """(field, min words, max words) that the paper or this prompt's placeholders impose."""
-    if task_type == "long-long":
-        return [("input", LONG_LONG_MIN_WORDS, None), ("positive_document", LONG_LONG_MIN_WORDS, None)]
-    rules = []
-    if task_type == "short-long":
-        if "query_length" in placeholders:
-            rules.append(("user_query", *_word_range(str(placeholders["query_length"]))))
-        if "num_words" in placeholders:
-            rules.append(("positive_document", *_word_range(str(placeholders["num_words"]))))
-    if task_type == "long-short" and "num_words" in placeholders:
-        rules.append(("input_text", *_word_range(str(placeholders["num_words"]))))
-    return rules
-
-
-# Fields whose language is checked, by which placeholder names their language; labels may be English class names.
-_LANGUAGE_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
-    "short-long": (
-        ("user_query", "language"),
-        ("positive_document", "language"),
-        ("hard_negative_document", "language"),
-    ),
-    "long-short": (("input_text", "language"),),
-    "short-short": (("input", "language"), ("positive_document", "language")),
-    "long-long": (("input", "language"), ("positive_document", "language")),
-    "sts": (("S1", "language"), ("S2", "language"), ("S3", "language")),
-    "bitext": (("S1", "src_lang"), ("S2", "tgt_lang"), ("S3", "tgt_lang")),
-}
-# Pairs of fields that must differ (after case and whitespace are normalised).
-_DISTINCT_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
-    "short-long": (("user_query", "positive_document"), ("positive_document", "hard_negative_document")),
-    "long-short": (("label", "misleading_label"),),
-    "short-short": (("input", "positive_document"),),
-    "long-long": (("input", "positive_document"),),
-    "sts": (("S1", "S2"), ("S1", "S3"), ("S2", "S3")),
-    "bitext": (("S1", "S2"), ("S1", "S3"), ("S2", "S3")),
-}
 _PYDANTIC_REASONS = {"missing": "missing_field", "string_too_short": "empty_field"}
 
 
@@ -446,25 +338,26 @@ def validate_example(task_type: str, obj: Any, placeholders: dict[str, Any] | No
     >>> validate_example("short-short", {"input": "cat", "positive_document": "cat"}, {"language": "English"}).reason
     'identical_texts'
     """
+    group = checked_group(task_type)
     placeholders = placeholders or {}
     if not isinstance(obj, dict):
         return Verdict(False, "not_an_object", f"expected a JSON object, got {type(obj).__name__}")
     try:
-        fields = schema(task_type).model_validate(obj).model_dump()
+        fields = group.schema().model_validate(obj).model_dump()
     except ValidationError as err:
         first = err.errors()[0]
         name = ".".join(str(part) for part in first["loc"])
         return Verdict(False, _PYDANTIC_REASONS.get(first["type"], "wrong_type"), f"{name}: {first['msg']}")
-    for left, right in _DISTINCT_FIELDS[task_type]:
+    for left, right in group.distinct_fields:
         if _normalised(fields[left]) == _normalised(fields[right]):
             return Verdict(False, "identical_texts", f"{left} and {right} are the same text")
-    for name, low, high in _length_rules(task_type, placeholders):
+    for name, low, high in group.length_rules(placeholders):
         words = word_count(fields[name])
         if low is not None and words * LENGTH_TOLERANCE < low:
             return Verdict(False, "too_short", f"{name} has {words} words; at least {low} were asked for")
         if high is not None and words > high * LENGTH_TOLERANCE:
             return Verdict(False, "too_long", f"{name} has {words} words; fewer than {high} were asked for")
-    for name, language_key in _LANGUAGE_FIELDS[task_type]:
+    for name, language_key in group.language_fields:
         language = placeholders.get(language_key)
         if language and not check_language(fields[name], str(language)):
             detected, probability = detect_language(fields[name])
@@ -474,14 +367,55 @@ def validate_example(task_type: str, obj: Any, placeholders: dict[str, Any] | No
     return Verdict(True)
 
 
-def to_example_fields(task_type: str, obj: dict[str, Any], placeholders: dict[str, Any] | None = None):
-    """(query, positive, negative) from a group's JSON; negative is None for short-short and long-long.
+def to_example_fields(task_type: str, obj: dict[str, Any]) -> tuple[str, str, str | None]:
+    """(query, positive, negative) from a group's JSON (its fields in that order); negative is None for short-short and
+    long-long.
 
     >>> to_example_fields("long-short", {"input_text": "Great film!", "label": "positive", "misleading_label": "negative"})
     ('Great film!', 'positive', 'negative')
     """
-    names = OUTPUT_FIELDS.get(task_type)
-    if names is None:
-        raise PromptError(f"unknown task type {task_type!r}; expected one of {', '.join(OUTPUT_FIELDS)}")
-    values = [str(obj[name]).strip() for name in names]
+    values = [str(obj[name]).strip() for name in checked_group(task_type).fields]
     return values[0], values[1], values[2] if len(values) > 2 else None
+
+
+# --- one reply, judged -------------------------------------------------------------------------------------------------
+
+
+def reply_problem(text: str | None, finish_reason: str = "stop", refusal: str | None = None) -> tuple[str, str] | None:
+    """(reason, detail) to reject a reply before parsing it: a refusal, a reply cut off at the token limit, a content
+    filter, or nothing at all; None when it may be parsed.
+
+    >>> reply_problem('{"a": 1}', "length")
+    ('truncated', 'the reply hit the token limit (finish_reason length)')
+    """
+    if refusal:
+        return "refusal", refusal
+    if finish_reason == "length":
+        return "truncated", "the reply hit the token limit (finish_reason length)"
+    if finish_reason == "content_filter":
+        return "content_filter", "the provider's content filter stopped the reply"
+    if not (text or "").strip():
+        return "empty", "the reply is empty"
+    return None
+
+
+def judge(task_type: str, text: str | None, finish_reason: str, refusal: str | None,
+          placeholders: dict[str, Any]) -> tuple:
+    """Parse and validate one generation reply: ("reject", reason, detail) or ("ok", fields, (query, positive, negative)).
+
+    A pure function of the reply, so it can run in a worker process.
+
+    >>> judge("sts", None, "stop", "I can't help with that.", {"language": "English"})
+    ('reject', 'refusal', "I can't help with that.")
+    """
+    problem = reply_problem(text, finish_reason, refusal)
+    if problem:
+        return ("reject", *problem)
+    try:
+        obj = parse_json_object(text)
+    except ParseError as err:
+        return ("reject", err.reason, err.detail)
+    verdict = validate_example(task_type, obj, placeholders)
+    if not verdict.ok:
+        return ("reject", verdict.reason or "invalid", verdict.detail)
+    return ("ok", obj, to_example_fields(task_type, obj))

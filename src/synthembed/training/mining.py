@@ -1,7 +1,8 @@
 """Hard-negative mining for labeled retrieval data: the documents a retriever ranks high that are not relevant.
 
-    from synthembed.training.mining import mine_bm25
+    from synthembed.training.mining import mine_bm25, mine_negatives
     negatives = mine_bm25(corpus, queries, qrels, n_negatives=1)   # {query id: [document id, ...]}
+    negatives = mine_negatives("embedding:all-MiniLM-L6-v2", corpus, queries, qrels, task="Given a claim, ...")
 
 The paper mines hard negatives (top 100) with a smaller embedding model where a dataset has none (section 4.1); here a
 retriever is either BM25 (bm25s, no model needed) or any embedding model `load_embedder` accepts.
@@ -96,3 +97,21 @@ def mine_embedding(
         for qid, row in zip(asked[start : start + batch_size], top.tolist(), strict=True):
             out[qid] = _pick([doc_ids[i] for i in row], set(qrels[qid]), n_negatives, depth, skip, rng)
     return out
+
+
+def mine_negatives(
+    how: str, corpus, queries, qrels, *, task: str | None = None, depth: int = 30, seed: int = 0, max_len: int = 512,
+    show_progress: bool = True,
+) -> dict[str, list[str]]:
+    """One hard negative per judged query (corpus, queries and qrels as read_beir gives them), by `how` (`synthembed
+    train --hard-negatives`): "bm25", or "embedding:<model>" for any model load_embedder accepts (its inputs cut at
+    min(max_len, 512) tokens)."""
+    print(f"[train] mining hard negatives with {how} for {len(queries)} queries over {len(corpus)} documents")
+    if how == "bm25":
+        return mine_bm25(corpus, queries, qrels, depth=depth, seed=seed, show_progress=show_progress)
+    if how.startswith("embedding:"):
+        from ..model import load_embedder
+
+        miner = load_embedder(how.split(":", 1)[1], max_len=min(max_len, 512))
+        return mine_embedding(miner, corpus, queries, qrels, task=task, depth=depth, seed=seed)
+    raise SynthembedError(f"--hard-negatives {how!r}: use bm25, none, or embedding:<model>")

@@ -1,0 +1,182 @@
+"""The embedding cache of `synthembed evaluate`: embeddings on disk, keyed by a fingerprint of the model and the exact
+texts encoded, so a re-run is answered without the model and a changed model is never answered from an old one.
+
+    from synthembed.evaluation.cache import EmbeddingCache, model_fingerprint
+    cache = EmbeddingCache(default_cache_dir(), model_fingerprint("runs/train/synthetic/merged", load_settings={...}))
+    cache.get(texts)  # (N, D) or None
+
+The fingerprint covers the model's files (the base model's too, for an adapter) and the settings it encodes with
+(pooling, max length, EOS, dtype, config overrides), not synthembed's own source: a change to how synthembed embeds
+that keeps the same model and settings must clear the cache (`--no-cache`, or delete $SYNTHEMBED_CACHE).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import SynthembedError
+from ..files import replace_atomic, write_json_atomic
+from ..model_config import SYNTHEMBED_CONFIG
+from ..paths import resolve_model_path
+
+CACHE_ENV = "SYNTHEMBED_CACHE"
+FILE_HASHES = "file_hashes.json"  # the remembered sha256 of model files, beside embeddings/
+
+
+def default_cache_dir() -> Path:
+    """$SYNTHEMBED_CACHE, else ~/.cache/synthembed: embeddings under embeddings/<model hash>/."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "synthembed").expanduser()
+
+
+# --- model identity ---------------------------------------------------------------------------------------------------
+
+
+def _file_sha256(path: Path, memo: dict[str, Any]) -> str:
+    """sha256 of a file, remembered by (path, size, mtime) so a 14 GB checkpoint is read once, not every run."""
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    if key not in memo:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+        memo[key] = digest.hexdigest()
+    return memo[key]
+
+
+def read_file_hashes(cache_dir: str | Path) -> dict[str, Any]:
+    """The file hashes remembered under `cache_dir` ({} where there are none yet or the file is damaged)."""
+    try:
+        return json.loads((Path(cache_dir) / FILE_HASHES).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def write_file_hashes(cache_dir: str | Path, memo: dict[str, Any]) -> None:
+    try:
+        write_json_atomic(Path(cache_dir) / FILE_HASHES, memo)
+    except OSError:  # a read-only cache folder only costs re-hashing next time
+        pass
+
+
+def model_dirs(name_or_path: str) -> list[Path]:
+    """The folders whose files make the model: the model itself, plus the base model of an adapter or an export; []
+    for a hub id not in the local hub cache."""
+    resolved = Path(resolve_model_path(name_or_path))
+    if not resolved.is_dir():
+        try:  # a hub id already in the local hub cache
+            from huggingface_hub import snapshot_download
+
+            resolved = Path(snapshot_download(name_or_path, local_files_only=True))
+        except Exception:  # noqa: BLE001 -- not cached locally: the caller hashes the loaded weights instead
+            return []
+    dirs = [resolved]
+    for config_name, key in (
+        (SYNTHEMBED_CONFIG, "base_model"),
+        ("adapter_config.json", "base_model_name_or_path"),
+    ):
+        config = resolved / config_name
+        if config.is_file() and (resolved / "adapter_config.json").is_file():
+            base = json.loads(config.read_text()).get(key)
+            if base:
+                dirs += [d for d in model_dirs(base) if d not in dirs]
+    return dirs
+
+
+def model_fingerprint(
+    name_or_path: str,
+    embedder=None,
+    memo: dict[str, Any] | None = None,
+    load_settings: dict[str, Any] | None = None,
+) -> str:
+    """A content hash of a model as it encodes: its files' bytes (the base model's too, for an adapter), and either a
+    loaded Embedder's effective settings (its settings(), config with overrides, dtype) or, before loading, the
+    settings it will be loaded with. A model with no local files (a hub id not in the local cache) is hashed by its
+    loaded weights.
+
+    >>> model_fingerprint("all-MiniLM-L6-v2", load_settings={"pooling": None, "max_len": None})[:12]  # doctest: +SKIP
+    '3f1c0d9e2b7a'
+    """
+    memo = {} if memo is None else memo
+    digest = hashlib.sha256()
+    dirs = model_dirs(name_or_path)
+    if dirs:
+        for directory in dirs:
+            for file in sorted(p for p in directory.rglob("*") if p.is_file() and ".cache" not in p.parts):
+                digest.update(f"{file.relative_to(directory)}\0{_file_sha256(file, memo)}\n".encode())
+    elif embedder is not None:
+        import torch
+
+        for key, tensor in sorted(embedder.model.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(tensor.detach().to("cpu", torch.float32).numpy().tobytes())
+    else:
+        raise SynthembedError(f"model {name_or_path}: no local files to hash; load it first")
+    if embedder is not None:
+        config = getattr(embedder.model, "config", None)  # a bare torch module (a test double) has none
+        settings = {
+            "settings": embedder.settings(),
+            "config": json.loads(config.to_json_string()) if config is not None else {},
+            "dtype": str(next(embedder.model.parameters()).dtype),
+        }
+    else:
+        settings = {"load": load_settings or {}}
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+# --- the cache --------------------------------------------------------------------------------------------------------
+
+
+class EmbeddingCache:
+    """Embeddings on disk, one .npy per (model fingerprint, hash of the exact texts encoded, in order).
+
+    The texts include any instruction, so one file holds one corpus as one model reads it; a changed model has another
+    fingerprint and so another folder: a stale embedding cannot be served.
+
+    >>> cache = EmbeddingCache("/tmp/cache", "ab" * 32); cache.get(["a"]) is None
+    True
+    """
+
+    def __init__(self, root: str | Path, model_hash: str):
+        self.dir = Path(root) / "embeddings" / model_hash[:32]
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(texts: Sequence[str]) -> str:
+        digest = hashlib.sha256()
+        for text in texts:
+            digest.update(text.encode("utf-8", "surrogatepass"))
+            digest.update(b"\x1e")
+        return f"{digest.hexdigest()}-{len(texts)}"
+
+    def get(self, texts: Sequence[str]) -> np.ndarray | None:
+        path = self.dir / f"{self.key(texts)}.npy"
+        if path.is_file():
+            try:
+                array = np.load(path)
+            except (OSError, ValueError):
+                return None  # a damaged file: encode again and overwrite it
+            if array.shape[0] == len(texts):
+                self.hits += 1
+                return array
+        return None
+
+    def put(self, texts: Sequence[str], array: np.ndarray) -> None:
+        self.misses += 1
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / f"{self.key(texts)}.npy"
+
+        def save(tmp: Path) -> None:
+            with tmp.open("wb") as handle:  # a handle, not a name: np.save would append ".npy" to the name
+                np.save(handle, array)
+
+        replace_atomic(path, save)

@@ -1,0 +1,160 @@
+"""Evaluation results as tables: per task and per MTEB category, beside MTEB's published scores and the paper's Table 1
+(reference.py), as DataFrames, markdown and JSON; and the numbers notebook 04 records.
+
+    from synthembed.evaluation.tables import load_results, task_table, to_markdown
+    runs = {"baseline": load_results("runs/eval/baseline.json")}
+    print(to_markdown(task_table(runs)))
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import SynthembedError
+from ..files import write_json_atomic
+from ..reference import PAPER_TABLE1, PUBLISHED
+
+# MTEB's categories in the paper's order (Table 1), then bitext; any other kind sorts after them.
+CATEGORIES = ("classification", "clustering", "pair-classification", "reranking", "retrieval", "sts", "summarization",
+              "bitext", "average")  # fmt: skip
+
+
+def averages(entries: Iterable[dict[str, Any]]) -> dict[str, float]:
+    """Mean main score per task kind, and "average" over all tasks (as MTEB averages: over tasks, not categories).
+
+    >>> averages([{"kind": "sts", "main_score": 1.0}, {"kind": "retrieval", "main_score": 0.5}])
+    {'retrieval': 0.5, 'sts': 1.0, 'average': 0.75}
+    """
+    entries = list(entries)
+    by_kind: dict[str, list[float]] = {}
+    for entry in entries:
+        by_kind.setdefault(entry["kind"], []).append(entry["main_score"])
+    out = {kind: float(np.mean(scores)) for kind, scores in sorted(by_kind.items())}
+    if entries:
+        out["average"] = float(np.mean([e["main_score"] for e in entries]))
+    return out
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    """A results JSON written by `evaluate_model` / `synthembed evaluate`."""
+    path = Path(path)
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise SynthembedError(f"{path}: not a results file ({err})") from None
+    if "tasks" not in results:
+        raise SynthembedError(f"{path}: not a results file (no 'tasks')")
+    return results
+
+
+def task_table(runs: dict[str, dict[str, Any]], published: dict[str, dict[str, float]] | None = None):
+    """Per task, main score x100 for each run (columns) beside published scores. -> DataFrame (task, kind, metric, ...)"""
+    import pandas as pd
+
+    published = PUBLISHED if published is None else published
+    rows: dict[str, dict[str, Any]] = {}
+    for label, results in runs.items():
+        for entry in results["tasks"]:
+            row = rows.setdefault(
+                entry["name"], {"task": entry["name"], "kind": entry["kind"], "metric": entry["main_score_name"]}
+            )
+            row[label] = round(100 * entry["main_score"], 2)
+    for label, scores in published.items():
+        if any(name in rows for name in scores):
+            for name, value in scores.items():
+                if name in rows:
+                    rows[name][f"{label} (published)"] = value
+    return pd.DataFrame(list(rows.values()))
+
+
+def category_table(runs: dict[str, dict[str, Any]], paper: dict[str, dict[str, float]] | None = None):
+    """Per task kind (MTEB category), mean main score x100 for each run beside the paper's Table 1. -> DataFrame
+
+    The paper's columns average 56 MTEB datasets; ours average whatever tasks ran, so they compare only when the
+    same tasks ran (MTEB(eng, v1) in the default profile).
+    """
+    import pandas as pd
+
+    paper = PAPER_TABLE1 if paper is None else paper
+    table = {label: {k: round(100 * v, 2) for k, v in results["averages"].items()} for label, results in runs.items()}
+    present = [k for k in CATEGORIES if any(k in t for t in table.values())] + sorted(
+        {k for t in table.values() for k in t} - set(CATEGORIES)
+    )
+    frame = pd.DataFrame({label: [t.get(k) for k in present] for label, t in table.items()}, index=present)
+    for label, column in paper.items():
+        frame[f"{label} (paper)"] = [column.get(k) for k in present]
+    frame.index.name = "category"
+    return frame.reset_index()
+
+
+def to_markdown(frame) -> str:
+    """A DataFrame as a GitHub markdown table (no tabulate dependency); missing values shown as blanks."""
+    columns = list(frame.columns)
+    lines = ["| " + " | ".join(str(c) for c in columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
+    for _, row in frame.iterrows():
+        cells = []
+        for c in columns:
+            value = row[c]
+            if value is None or (isinstance(value, float) and np.isnan(value)):
+                cells.append("")
+            elif isinstance(value, float):
+                cells.append(f"{value:.2f}")
+            else:
+                cells.append(str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(runs: dict[str, dict[str, Any]], out_dir: str | Path) -> dict[str, Path]:
+    """tasks.json / tasks.md and categories.json / categories.md in `out_dir`; returns their paths."""
+    out_dir = Path(out_dir)
+    written = {}
+    for stem, frame in (("tasks", task_table(runs)), ("categories", category_table(runs))):
+        written[f"{stem}.json"] = write_json_atomic(
+            out_dir / f"{stem}.json", json.loads(frame.to_json(orient="records"))
+        )
+        path = out_dir / f"{stem}.md"
+        path.write_text(to_markdown(frame))
+        written[f"{stem}.md"] = path
+    return written
+
+
+def task_scores(results: dict[str, Any], digits: int = 4) -> dict[str, float]:
+    """{task name: main score (0 to 1), rounded} of one results dict.
+
+    >>> task_scores({"tasks": [{"name": "SciFact", "main_score": 0.645123}]})
+    {'SciFact': 0.6451}
+    """
+    return {t["name"]: round(t["main_score"], digits) for t in results["tasks"]}
+
+
+def evaluation_summary(
+    runs: dict[str, dict[str, Any]], trained: Mapping[str, str], baseline: str | None = None
+) -> dict[str, Any]:
+    """Notebook 04's numbers (what its test reads back): the baseline's tasks and scores, each trained model's scores,
+    every run's averages and whether it got instructions, and the paper's Table 1 average.
+
+    Args:
+        runs: evaluate_model results by label.
+        trained: trained model label (find_trained_models') -> its label in `runs`.
+        baseline: the baseline's label in `runs` (default the first).
+
+    >>> evaluation_summary(runs, {"synthetic": "ours: synthetic"})["trained_scores"]  # doctest: +SKIP
+    {'synthetic': {'SciFact': 0.41, ...}}
+    """
+    baseline = next(iter(runs)) if baseline is None else baseline
+    return {
+        "tasks": [t["name"] for t in runs[baseline]["tasks"]],
+        "baseline": baseline,
+        "baseline_scores": task_scores(runs[baseline]),
+        "trained_models": list(trained),
+        "trained_scores": {label: task_scores(runs[key]) for label, key in trained.items()},
+        "averages": {label: {k: round(v, 4) for k, v in run["averages"].items()} for label, run in runs.items()},
+        "instructions": {label: run["instructions"] for label, run in runs.items()},
+        "paper_table1_average": PAPER_TABLE1["E5-mistral full data"]["average"],
+    }

@@ -1,0 +1,91 @@
+"""The response cache: every answered chat request in one SQLite file, so a rerun costs nothing and a killed run resumes.
+
+    from synthembed.generation.cache import ResponseCache
+    cache = ResponseCache("runs/gen/cache.sqlite")
+    cache.get(request)          # a ChatResponse with cached=True, or None
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+from ..errors import SynthembedError
+from .llm import ChatRequest, ChatResponse
+
+
+class ResponseCache:
+    """SQLite file of answered requests, keyed by `ChatRequest.key()`. Each response is committed as it arrives
+    (WAL journal), so a run killed at any moment keeps every answer it paid for.
+
+    >>> cache = ResponseCache(":memory:")
+    >>> cache.get(ChatRequest("m", [{"role": "user", "content": "hi"}])) is None
+    True
+    """
+
+    def __init__(self, path: str | Path, readonly: bool = False):
+        self.path = str(path)
+        if readonly and not (self.path == ":memory:" or Path(self.path).is_file()):
+            raise SynthembedError(f"response cache {self.path}: no such file")
+        if not readonly and self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(self.path, check_same_thread=False)
+        if not readonly:
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")  # durable across a killed process, which is what resume needs
+            self.conn.execute(
+                "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, request TEXT NOT NULL, text TEXT, "
+                "finish_reason TEXT, refusal TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, model TEXT, "
+                "created REAL, fingerprint TEXT)"
+            )
+            self.conn.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)")
+            self.conn.commit()
+
+    def get(self, request: ChatRequest) -> ChatResponse | None:
+        row = self.conn.execute(
+            "SELECT text, finish_reason, refusal, prompt_tokens, completion_tokens, model, fingerprint FROM responses "
+            "WHERE key = ?",
+            (request.key(),),
+        ).fetchone()
+        if row is None:
+            return None
+        text, finish_reason, refusal, prompt_tokens, completion_tokens, model, fingerprint = row
+        return ChatResponse(text, finish_reason or "stop", refusal, prompt_tokens or 0, completion_tokens or 0,
+                            model or "", True, system_fingerprint=fingerprint)
+
+    def put(self, request: ChatRequest, response: ChatResponse) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                request.key(),
+                json.dumps(request.as_dict(), ensure_ascii=False),
+                response.text,
+                response.finish_reason,
+                response.refusal,
+                response.prompt_tokens,
+                response.completion_tokens,
+                response.model,
+                time.time(),
+                response.system_fingerprint,
+            ),
+        )
+        self.conn.commit()
+
+    def __len__(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+
+    def get_meta(self, name: str) -> str | None:
+        try:
+            row = self.conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        except sqlite3.OperationalError:
+            return None
+        return row[0] if row else None
+
+    def set_meta(self, name: str, value: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))
+        self.conn.commit()
+
+    def close(self) -> None:
+        self.conn.close()

@@ -1,0 +1,105 @@
+"""The `synthembed generate` and `synthembed stats` commands: their arguments, and the calls into the pipeline and the
+statistics (cli.py's COMMANDS convention: `configure_<name>_parser` and `run_<name>_command` per command).
+
+    synthembed generate --out runs/gen --model gpt-4o-mini --tasks-per-type 4 --examples-per-task 3 --max-cost 2
+    synthembed generate --out runs/gen                  # resume: settings and endpoint come from its config.json
+    synthembed stats runs/gen --plots runs/gen/plots
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import SynthembedError
+from ..taskgroups import TASK_TYPES
+from . import rundir
+from .backends import BACKENDS
+from .cache import ResponseCache
+from .pipeline import AUTO_WORKERS_CONCURRENCY, generate
+from .plan import GenerateConfig
+from .stats import format_stats, load_stats
+
+
+def configure_generate_parser(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Brainstorm tasks and generate synthetic examples with an LLM (E5-mistral section 3.1). "
+                          "Running it again on the same --out resumes; the API key is read from OPENAI_API_KEY only.")
+    parser.add_argument("--out", required=True, help="run directory (examples.jsonl, tasks.jsonl, rejects.jsonl, stats.json, ...)")
+    parser.add_argument("--backend", choices=BACKENDS, default=None, help="openai (default), transformers or replay")
+    parser.add_argument("--model", default=None, help="model name (openai), local path or hub id (transformers); default gpt-4o-mini")
+    parser.add_argument("--task-types", default=None, help=f"comma list of groups (default all: {','.join(TASK_TYPES)})")
+    parser.add_argument("--tasks-per-type", type=int, default=None, help="brainstormed tasks per asymmetric group, and "
+                        "instruction slots per symmetric group (default 4)")
+    parser.add_argument("--examples-per-task", type=int, default=None, help="examples generated per task (default 2)")
+    parser.add_argument("--languages", default=None, help="comma list of languages, or 'paper' for the 93 with the paper's weights")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the plan (default 0)")
+    parser.add_argument("--max-tokens", type=int, default=None, help="max tokens per reply (default: the server's)")
+    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight at once (openai backend)")
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts per generate() call (transformers backend)")
+    parser.add_argument("--max-cost", type=float, default=None, help="stop sending requests once this many USD are spent")
+    parser.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (default OPENAI_BASE_URL, else OpenAI)")
+    parser.add_argument("--cache", default=None, help=f"response cache file (default OUT/{rundir.CACHE_FILE}); replay reads it")
+    parser.add_argument("--prices", default=None, help="JSON/YAML price table {model: {input: USD/1M, output: USD/1M}}")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds before a request is abandoned and retried")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes that parse and validate replies (0: inline; default: 1 when --concurrency "
+                             f"is {AUTO_WORKERS_CONCURRENCY} or more and there are 2+ cores, else 0)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _resolve_config(args: argparse.Namespace) -> GenerateConfig:
+    """Explicit arguments, else the run's own config.json (resume), else the cache's (replay), else defaults."""
+    base: dict[str, Any] = {}
+    stored = rundir.read_config(args.out)
+    if stored is not None:
+        base = dict(stored.get("plan", {}))
+    elif args.backend == "replay" and args.cache:
+        if not Path(args.cache).is_file():
+            raise SynthembedError(f"--cache {args.cache}: no such file")
+        meta = ResponseCache(args.cache).get_meta("config")
+        base = json.loads(meta) if meta else {}
+    explicit = {"model": args.model, "task_types": args.task_types, "tasks_per_type": args.tasks_per_type,
+                "examples_per_task": args.examples_per_task, "languages": args.languages, "seed": args.seed,
+                "max_tokens": args.max_tokens}
+    base.update({k: v for k, v in explicit.items() if v is not None})
+    allowed = set(GenerateConfig.__dataclass_fields__)
+    return GenerateConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in base.items() if k in allowed})
+
+
+def run_generate_command(args: argparse.Namespace) -> int:
+    runtime = (rundir.read_config(args.out) or {}).get("runtime", {})
+    if args.backend is None:  # a resumed run keeps its backend and endpoint unless told otherwise
+        args.backend = runtime.get("backend", "openai")
+    if args.base_url is None and args.backend == runtime.get("backend") == "openai":
+        args.base_url = runtime.get("base_url")
+    config = _resolve_config(args)
+    if args.backend == "replay" and args.cache is None and not rundir.cache_path(args.out).is_file():
+        raise SynthembedError("--backend replay needs --cache FILE (the response cache of an earlier run)")
+    stats = generate(
+        args.out, config, backend=args.backend, base_url=args.base_url, concurrency=args.concurrency,
+        max_cost=args.max_cost, cache=args.cache, prices=args.prices, timeout=args.timeout,
+        batch_size=args.batch_size, workers=args.workers, progress=not args.quiet,
+    )
+    if stats.get("stopped") == "max_cost":
+        print(f"[generate] stopped at --max-cost ${args.max_cost}; run again with a higher --max-cost to continue")
+    return 0
+
+
+def configure_stats_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="a generation run directory")
+    parser.add_argument("--plots", default=None, help="write task-group, language and rejection plots (PNG) here")
+    parser.add_argument("--json", action="store_true", help="print stats.json as it is")
+
+
+def run_stats_command(args: argparse.Namespace) -> int:
+    stats = load_stats(args.run_dir)
+    print(json.dumps(stats, indent=2, ensure_ascii=False) if args.json else format_stats(stats))
+    if args.plots:
+        from .. import plots
+
+        written = plots.generation_plots(stats, args.plots)
+        for path in written:
+            print(f"wrote {path}")
+    return 0

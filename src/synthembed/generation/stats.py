@@ -1,0 +1,188 @@
+"""The statistics of a generation run (stats.json): counts by task group, language and rejection reason, faults, tokens
+and cost, and their plain-text summary (shown by `synthembed stats RUN`, commands.py).
+
+    from synthembed.generation.stats import format_stats, generation_summary, load_stats
+    print(format_stats(load_stats("runs/gen")))
+    generation_summary("runs/gen")      # the key numbers notebook 02 records
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from ..taskgroups import STAND_IN_FINGERPRINT
+from . import rundir
+from .cache import ResponseCache
+from .cost import cost_usd, price_of
+from .llm import LLMClient
+from .plan import GenerateConfig, Planned, all_brainstorm_plans
+
+STAND_IN_NOTE = (
+    "The LLM of this run is the loopback stand-in server: scripted responses composed from word lists and Tatoeba "
+    "sentences, not text written by a language model. The numbers show that the pipeline works, not what an LLM would write."
+)
+
+
+def _usage_from_cache(config: GenerateConfig, plan: list[Planned], cache: ResponseCache,
+                      prices: dict[str, tuple[float, float]]) -> dict[str, Any]:
+    """Tokens, cost and answered requests of the whole run (every session), from the cache rows of its requests."""
+    brainstorms = all_brainstorm_plans(config)
+    totals: dict[str, Any] = {"prompt": 0, "completion": 0, "cost": 0.0, "unpriced": set(), "fingerprints": set(),
+                              "brainstorm": 0, "generate": 0}  # fmt: skip
+    for planned in brainstorms + plan:
+        hit = cache.get(planned.request)
+        if hit is None:
+            continue
+        model = hit.model or config.model
+        totals["fingerprints"].add(hit.system_fingerprint or "")
+        totals[planned.stage] += 1
+        totals["prompt"] += hit.prompt_tokens
+        totals["completion"] += hit.completion_tokens
+        totals["cost"] += cost_usd(model, hit.prompt_tokens, hit.completion_tokens, prices)
+        if price_of(model, prices) is None:
+            totals["unpriced"].add(model)
+    return totals
+
+
+def _by_task_type(config: GenerateConfig, plan: list[Planned], tasks: list[dict], examples: list[dict],
+                  generation_rejects: list[dict]) -> dict[str, dict[str, int]]:
+    """tasks, requests, accepted and rejected per group of the run."""
+    rows = {t: {"tasks": 0, "requests": 0, "accepted": 0, "rejected": 0} for t in config.task_types}
+    for row in tasks:
+        rows[row["task_type"]]["tasks"] += 1
+    for t in rows:
+        if t not in config.brainstorm_groups:
+            rows[t]["tasks"] = 1  # one fixed instruction
+    for p in plan:
+        rows[p.task_type]["requests"] += 1
+    for e in examples:
+        rows[e["task_type"]]["accepted"] += 1
+    for r in generation_rejects:
+        rows[r["task_type"]]["rejected"] += 1
+    return rows
+
+
+def _faults(previous: dict[str, Any], client: LLMClient, examples: list[dict], rejects: list[dict]) -> dict[str, Any]:
+    """Retries and failures over every session, and the content faults found in the replies."""
+    http = Counter(previous.get("faults", {}).get("http_retries", {}))
+    http.update(client.usage.retries)
+    failed = Counter(previous.get("faults", {}).get("failed_requests", {}))
+    failed.update(client.usage.failures)
+    reasons = Counter(r["reason"] for r in rejects)
+    return {
+        "http_retries": dict(sorted(http.items())),
+        "failed_requests": dict(sorted(failed.items())),
+        "fenced_json": sum(1 for e in examples if e["meta"].get("fenced")) + sum(1 for r in rejects if r.get("fenced")),
+        **{reason: reasons[reason] for reason in ("refusal", "truncated", "invalid_json", "wrong_language")},
+    }
+
+
+def compute_stats(out: Path, config: GenerateConfig, plan: list[Planned], cache: ResponseCache,
+                  prices: dict[str, tuple[float, float]], runtime: dict[str, Any], client: LLMClient,
+                  previous: dict[str, Any], timing: dict[str, float]) -> dict[str, Any]:
+    """stats.json: counts from the files, tokens and cost from the cache rows of every planned request."""
+    examples = rundir.read_examples(out, missing_ok=True, repair=True)
+    rejects = rundir.read_rejects(out, repair=True)
+    generation_rejects = [r for r in rejects if r["stage"] == "generate"]
+    usage = _usage_from_cache(config, plan, cache, prices)
+    done = {e["meta"].get("request_id") for e in examples} | {r["request_id"] for r in rejects}
+    pending = sum(1 for p in plan if p.request_id not in done)
+    bitext_pairs = Counter(f"{e['meta']['placeholders'].get('src_lang')}-{e['meta']['placeholders'].get('tgt_lang')}"
+                           for e in examples if e["task_type"] == "bitext")
+    # The stand-in signs its answers; a model named "loopback" is the stand-in too (whatever served it).
+    stand_in = (bool(runtime.get("stand_in")) or config.model.startswith("loopback")
+                or STAND_IN_FINGERPRINT in usage["fingerprints"])
+    generation_reasons = Counter(r["reason"] for r in generation_rejects)
+    return {
+        "note": STAND_IN_NOTE if stand_in else "",
+        "llm": {"backend": runtime["backend"], "model": config.model, "base_url": runtime.get("base_url"),
+                "stand_in": stand_in, "workers": runtime.get("workers")},
+        "config": config.as_dict(),
+        "complete": pending == 0,
+        "stopped": client.stopped,
+        "max_cost": runtime.get("max_cost"),
+        "requests": {"brainstorm": usage["brainstorm"], "generate_planned": len(plan),
+                     "generate_answered": usage["generate"], "pending": pending},
+        "accepted": len(examples),
+        "rejected": len(generation_rejects),
+        "acceptance_rate": round(len(examples) / max(1, len(examples) + len(generation_rejects)), 4),
+        "by_task_type": _by_task_type(config, plan, rundir.read_tasks(out), examples, generation_rejects),
+        "by_language": dict(Counter(e["language"] for e in examples).most_common()),
+        "bitext_pairs": dict(bitext_pairs.most_common()),
+        "rejections": dict(generation_reasons.most_common()),
+        "brainstorm_rejections": dict(Counter(r["reason"] for r in rejects if r["stage"] == "brainstorm").most_common()),
+        "duplicates": {"exact": generation_reasons["duplicate"], "near": generation_reasons["near_duplicate"]},
+        "faults": _faults(previous, client, examples, rejects),
+        "tokens": {"prompt": usage["prompt"], "completion": usage["completion"],
+                   "total": usage["prompt"] + usage["completion"]},
+        "cost_usd": round(usage["cost"], 6),
+        "cost_is_hypothetical": stand_in,
+        "unpriced_models": sorted(usage["unpriced"]),
+        "price_usd_per_1m_tokens": dict(zip(("input", "output"), price_of(config.model, prices) or (None, None), strict=True)),
+        "session": {**client.usage.as_dict(), **timing},
+        "sessions": int(previous.get("sessions", 0)) + 1,
+    }
+
+
+def summary_line(stats: dict[str, Any]) -> str:
+    """One line for the end of `synthembed generate`: state, counts, tokens and cost."""
+    state = "complete" if stats.get("complete") else ("stopped at the cost budget" if stats.get("stopped") else "incomplete")
+    line = (f"[generate] {state}: {stats['accepted']} accepted, {stats['rejected']} rejected, "
+            f"{stats['tokens']['total']} tokens, ${stats['cost_usd']:.4f}")
+    if stats.get("llm", {}).get("stand_in"):
+        line += " (loopback stand-in LLM: hypothetical cost)"
+    return line
+
+
+def load_stats(run_dir: str | Path) -> dict[str, Any]:
+    """stats.json of a run; a folder without one is not a generation run (SynthembedError)."""
+    return rundir.read_stats(run_dir)
+
+
+def format_stats(stats: dict[str, Any]) -> str:
+    """A plain-text summary of stats.json."""
+    lines = []
+    if stats.get("note"):
+        lines += [f"NOTE: {stats['note']}", ""]
+    llm = stats.get("llm", {})
+    lines.append(f"model {llm.get('model')} via {llm.get('backend')}; "
+                 f"{'complete' if stats.get('complete') else 'incomplete'}"
+                 + (f" (stopped: {stats['stopped']})" if stats.get("stopped") else ""))
+    lines.append(f"accepted {stats['accepted']}, rejected {stats['rejected']} "
+                 f"(acceptance {100 * stats.get('acceptance_rate', 0):.1f}%)")
+    lines.append("")
+    lines.append(f"{'task group':<14}{'tasks':>7}{'accepted':>10}{'rejected':>10}")
+    for t, row in stats["by_task_type"].items():
+        lines.append(f"{t:<14}{row['tasks']:>7}{row['accepted']:>10}{row['rejected']:>10}")
+    lines.append("")
+    lines.append("languages: " + ", ".join(f"{k} {v}" for k, v in stats["by_language"].items()))
+    lines.append("rejections: " + (", ".join(f"{k} {v}" for k, v in stats["rejections"].items()) or "none"))
+    faults = stats.get("faults", {})
+    lines.append(f"http retries: {faults.get('http_retries') or 'none'}; failed requests: {faults.get('failed_requests') or 'none'}")
+    tok = stats["tokens"]
+    lines.append(f"tokens: {tok['prompt']} prompt + {tok['completion']} completion = {tok['total']}; cost ${stats['cost_usd']:.4f}"
+                 + (" (hypothetical: stand-in LLM)" if stats.get("cost_is_hypothetical") else ""))
+    return "\n".join(lines)
+
+
+def generation_summary(run_dir: str | Path) -> dict[str, Any]:
+    """The key numbers of a generation run (from its stats.json), as notebook 02 records them.
+
+    >>> record_results(run_dir, "02_generate", **generation_summary(generation_dir))  # doctest: +SKIP
+    """
+    stats = load_stats(run_dir)
+    return {
+        "generation_dir": str(run_dir),
+        "accepted": stats["accepted"],
+        "rejected": stats["rejected"],
+        "acceptance_rate": stats["acceptance_rate"],
+        "task_types_present": sorted(t for t, row in stats["by_task_type"].items() if row["accepted"] > 0),
+        "languages_present": sorted(stats["by_language"]),
+        "rejections": stats["rejections"],
+        "total_tokens": stats["tokens"]["total"],
+        "cost_usd": stats["cost_usd"],
+        "complete": stats["complete"],
+        "stand_in": stats["llm"]["stand_in"],
+    }

@@ -1,0 +1,126 @@
+"""Every setting of `synthembed train`, with its help text (training/commands.py makes the options from them), and
+the checks that need neither data nor model.
+
+    from synthembed.training.args import TrainArguments
+    from synthembed.training.loop import train
+    out = train(TrainArguments(data=["examples.jsonl"], base_model="...", out="runs/m", max_steps=10))
+
+The defaults are the paper's recipe (section 4.1): LoRA rank 16 on all linear layers, lr 1e-4, 100 warm-up steps then
+linear decay, weight decay 0.1, max length 512, temperature 0.02, one hard negative per pair, gradient checkpointing,
+bf16 on GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import SynthembedError
+from ..taskgroups import TASK_TYPES
+
+DEFAULT_QUERY_TASK = "Given a web search query, retrieve relevant passages that answer the query"
+
+
+@dataclass
+class TrainArguments:
+    """Every training setting, with its help text; the command line is generated from these fields."""
+
+    data: list[str] = field(
+        metadata={"help": "comma-separated examples.jsonl files and/or BEIR folders (their --beir-split is used)"}
+    )
+    base_model: str = field(metadata={"help": "hub id or directory of the base model (decoder-only or encoder)"})
+    out: str = field(metadata={"help": "output directory; must be empty or absent unless --resume"})
+    pooling: str | None = field(
+        default=None, metadata={"help": "last|mean|weighted-mean|cls (default: last for decoder-only, else mean)"}
+    )
+    batch_size: int = field(default=32, metadata={"help": "global batch size (pairs per optimizer step, all processes)"})
+    mini_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "texts per forward pass (GradCache); default: the per-process batch, i.e. no caching"},
+    )
+    max_steps: int | None = field(default=None, metadata={"help": "optimizer steps (default: --epochs over the data)"})
+    epochs: float = field(default=1.0, metadata={"help": "passes over the data when --max-steps is not given"})
+    lr: float = field(default=1e-4, metadata={"help": "peak learning rate"})
+    warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps, then linear decay to 0"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (not on biases and norms)"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0: off)"})
+    lora_rank: int = field(default=16, metadata={"help": "LoRA rank on all linear layers"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (the paper does not state it)"})
+    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout (the paper does not state it)"})
+    no_lora: bool = field(default=False, metadata={"help": "train every weight instead of LoRA adapters"})
+    max_len: int = field(default=512, metadata={"help": "tokens per text, EOS included"})
+    temperature: float = field(default=0.02, metadata={"help": "InfoNCE temperature tau"})
+    save_every: int = field(default=100, metadata={"help": "save a checkpoint every N steps (0: only at the end)"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "how many recent checkpoints to keep"})
+    seed: int = field(default=0, metadata={"help": "seed for data order, mining and initialisation"})
+    hard_negatives: str = field(
+        default="bm25",
+        metadata={"help": "how to mine negatives for BEIR data: bm25, none, or embedding:<model> (a smaller model)"},
+    )
+    mine_depth: int = field(default=30, metadata={"help": "mined negatives are sampled from this many top documents"})
+    mix: list[float] | None = field(
+        default=None, metadata={"help": "comma-separated sampling ratio per --data entry, e.g. 1,0.5"}
+    )
+    group_by_task_type: bool = field(
+        default=False, metadata={"help": "draw every batch from one task group (short-long, sts, ...)"}
+    )
+    no_in_batch_negatives_for: list[str] | None = field(
+        default=None,
+        metadata={"help": "comma-separated task groups whose queries see only their own positive and hard negative, "
+                          "e.g. long-short (classification: many examples share a label text)"},
+    )
+    beir_split: str = field(default="train", metadata={"help": "qrels split of BEIR folders used for training"})
+    beir_instruction: str = field(
+        default="auto",
+        metadata={"help": "query instruction for BEIR data: auto (by folder name), none, or the text itself"},
+    )
+    query_task: str = field(
+        default=DEFAULT_QUERY_TASK,
+        metadata={"help": "instruction written into the exported model's query prompt (sentence-transformers)"},
+    )
+    gradient_checkpointing: bool = field(default=True, metadata={"help": "recompute activations in backward"})
+    bf16: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), yes or no"})
+    log_every: int = field(default=1, metadata={"help": "write a log row every N steps"})
+    resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in --out"})
+    no_export: bool = field(default=False, metadata={"help": "skip writing adapter/ and merged/ at the end"})
+    progress: bool = field(default=True, metadata={"help": "show progress bars (--quiet: none)"})
+
+
+# --- checks ------------------------------------------------------------------------------------------------------------
+
+
+def check_arguments(args: TrainArguments) -> None:
+    """The settings that are wrong whatever the data and the machine, as a SynthembedError naming the option."""
+    if args.max_steps is not None and args.max_steps < 1:
+        raise SynthembedError(f"--max-steps must be at least 1, got {args.max_steps}")
+    if args.save_every < 0 or args.log_every < 1:
+        raise SynthembedError("--save-every must be >= 0 and --log-every >= 1")
+    unknown = sorted(set(args.no_in_batch_negatives_for or ()) - set(TASK_TYPES))
+    if unknown:
+        raise SynthembedError(
+            f"--no-in-batch-negatives-for: unknown task group {', '.join(unknown)} (one of {', '.join(TASK_TYPES)})"
+        )
+
+
+def check_batch_sizes(batch_size: int, mini_batch_size: int | None, num_processes: int) -> tuple[int, int]:
+    """(per-process batch, mini-batch) or a SynthembedError naming the setting that does not divide.
+
+    >>> check_batch_sizes(64, 8, 2)
+    (32, 8)
+    """
+    if batch_size < 1:
+        raise SynthembedError(f"--batch-size must be at least 1, got {batch_size}")
+    if batch_size % num_processes:
+        raise SynthembedError(
+            f"--batch-size {batch_size} does not divide by the number of processes ({num_processes}); "
+            f"use a multiple of {num_processes}"
+        )
+    per_process = batch_size // num_processes
+    mini = per_process if mini_batch_size is None else mini_batch_size
+    if mini < 1:
+        raise SynthembedError(f"--mini-batch-size must be at least 1, got {mini}")
+    if per_process % mini:
+        raise SynthembedError(
+            f"--mini-batch-size {mini} does not divide the per-process batch {per_process} "
+            f"(--batch-size {batch_size} over {num_processes} process(es))"
+        )
+    return per_process, mini
