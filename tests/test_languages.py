@@ -1,4 +1,4 @@
-"""The paper's language list and weights (PAPER.md, "The language list"), and seeded weighted sampling."""
+"""The paper's language list and weights (docs/paper.md, section 3), and seeded weighted sampling."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from synthembed.languages import (
     word_count,
 )
 
-# XLM-R's 100 languages as PAPER.md lists them.
+# XLM-R's 100 languages as docs/paper.md section 3 names them.
 XLMR_100 = """Afrikaans, Albanian, Amharic, Arabic, Armenian, Assamese, Azerbaijani, Basque, Belarusian, Bengali, Bengali
 Romanized, Bosnian, Breton, Bulgarian, Burmese, Burmese Zawgyi, Catalan, Chinese Simplified, Chinese Traditional, Croatian,
 Czech, Danish, Dutch, English, Esperanto, Estonian, Filipino, Finnish, French, Galician, Georgian, German, Greek, Gujarati,
@@ -57,7 +57,7 @@ def test_weights_reproduce_the_papers_shares():
     assert max(rest) == pytest.approx(min(rest))  # shared evenly
     assert sum(rest) == pytest.approx(
         0.192
-    )  # PAPER.md: "the rest share the remaining 0.192 evenly (about 0.0025 each)"
+    )  # docs/paper.md section 3: the other 79 share the remaining 0.192 evenly
     assert 0.0020 < rest[0] < 0.0030
     assert 0.027 <= weights["German"] <= 0.030  # the paper's "about 2.7-3.0% each"
 

@@ -29,7 +29,7 @@ OUTPUT_FIELDS = {group.name: group.fields for group in TASK_GROUPS}
 STS_INSTRUCTION = TASK_GROUP["sts"].instruction
 BITEXT_INSTRUCTION = TASK_GROUP["bitext"].instruction
 
-# PAPER.md, "Placeholders sampled into the generation prompt" (the paper's Table 8), written out independently.
+# docs/paper.md section 1, the placeholder sets (the paper's Table 8), written out independently.
 EXPECTED_PLACEHOLDERS = {
     "short-long": {
         "query_type": {"extremely long-tail", "long-tail", "common"},
@@ -90,7 +90,7 @@ def test_placeholder_sets_are_the_papers_exactly():
         for name, values in actual.items():
             assert isinstance(values, tuple) and len(values) == len(set(values)), (task_type, name)
             assert set(values) == expected[name], (task_type, name)
-    # the deviations PAPER.md warns about are absent
+    # the deviations docs/paper.md section 1 warns about are absent
     assert "5-10 words" not in PLACEHOLDER_VALUES["short-long"]["query_length"]
     assert "3" not in PLACEHOLDER_VALUES["bitext"]["low_score"]
 

@@ -33,7 +33,7 @@ class ExampleMeta(BaseModel):
 
 
 class Example(BaseModel):
-    """One accepted synthetic example, one line of examples.jsonl (DESIGN.md, "Data formats")."""
+    """One accepted synthetic example, one line of examples.jsonl (docs/design.md, "Data formats")."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -8,7 +8,7 @@ word counter that knows scripts written without spaces.
     word_count("我们今天去公园散步")                   # 6: Chinese counted at 1.5 characters a word
 
 The paper (section 3.1, Figure 2) draws every example's language from XLM-R's list, weighted toward high-resource
-languages, and reports 93 languages. It never lists them; the reading used here (PAPER.md, "The language list") leaves out
+languages, and reports 93 languages. It never lists them; the reading used here (docs/paper.md, section 3) leaves out
 XLM-R's six Romanized/Zawgyi variants and counts Simplified and Traditional Chinese as one "Chinese".
 """
 

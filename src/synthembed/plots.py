@@ -35,7 +35,7 @@ def new_figure(width: float = 7.0, height: float = 4.0):
 
 
 def plot_language_weights(weights: dict[str, float], top: int = 20, path=None):
-    """The sampling weight of the `top` most likely languages and of all the others together (PAPER.md, Figure 2)."""
+    """The sampling weight of the `top` most likely languages and of all the others together (docs/paper.md, section 2: Figure 2)."""
     items = sorted(weights.items(), key=lambda kv: -kv[1])
     shown, rest = items[:top], items[top:]
     labels = [k for k, _ in shown] + ([f"{len(rest)} others"] if rest else [])

@@ -61,7 +61,7 @@ MULTILINGUAL_E5_LARGE_MIRACL = 66.5
 
 # The document lengths of Figure 5, in tokens.
 PAPER_FIGURE5_LENGTHS: tuple[int, ...] = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
-# Figure 5, personalized passkey retrieval, top-1 accuracy in %, as PAPER.md states it. Only the points the paper gives
+# Figure 5, personalized passkey retrieval, top-1 accuracy in %, as docs/paper.md section 6 states it. Only the points the paper gives
 # are here; for RoPE base 10^5 it gives "at least 88% at every length" (kept as a band) and 92% at 32k; for 10^6 a band
 # of 36 to 88%. Labels are PasskeySetting labels (window, base).
 PAPER_FIGURE5: dict[str, dict] = {

@@ -8,7 +8,7 @@
 
 The prompt builder, the parser and validator, the data schema's TASK_TYPES, the stand-in LLM and the plots read these
 records; adding a group means adding a record here and its template files in generation/templates. Facts come from
-PAPER.md ("Synthetic data: task taxonomy", "Placeholders sampled into the generation prompt", the paper's Table 8) and
+docs/paper.md (section 1: the task groups and the placeholder sets of the paper's Table 8) and
 the paper's shares from reference.py. At the end: the marker that tells the stand-in LLM which group a request is for.
 """
 
@@ -140,13 +140,13 @@ def _schema(name: str, fields: tuple[str, ...]):
                         **{key: (text, ...) for key in fields})  # fmt: skip
 
 
-# Table 8 of the paper (PAPER.md). Section 3.1's "5-10 words" is superseded by the table's "5 to 15 words".
+# Table 8 of the paper (docs/paper.md, section 1). Section 3.1's "5-10 words" is superseded by the table's "5 to 15 words".
 _DIFFICULTY = ("high school", "college", "PhD")
 _CLARITY = ("clear", "understandable with some effort", "ambiguous")
 _STS_UNIT = ("sentence", "phrase", "passage")
 _STS_DIFFICULTY = ("elementary school", "high school", "college")
 _HIGH_SCORE = ("4", "4.5", "5")
-LONG_LONG_MIN_WORDS = 300  # PAPER.md: long-long query and document are each at least 300 words
+LONG_LONG_MIN_WORDS = 300  # docs/paper.md, section 1: long-long query and document are each at least 300 words
 
 
 SHORT_LONG = TaskGroup(

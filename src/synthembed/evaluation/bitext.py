@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from ..generation import rundir
 from .language_codes import RESOURCE_GROUPS, detect_script, language_name, other_side, paper_share, resource_group
-from .multilingual import run_is_stand_in, run_summary
+from .multilingual import run_summary
 
 if TYPE_CHECKING:
     from ..model import Embedder
@@ -233,5 +234,5 @@ def multilingual_summary(
         "tatoeba_baseline_latin": gap["latin"],
         "tatoeba_baseline_non_latin": gap["non_latin"],
         "group_means": {f"{m}/{b}/{g}": float(v) for (m, b, g), v in by_group.items()},
-        "stand_in": bool(run_is_stand_in(generation_dir)),
+        "stand_in": bool(rundir.is_stand_in(generation_dir)),
     }

@@ -18,8 +18,8 @@ from typing import Any
 
 import pandas as pd
 
-from ..data import iter_jsonl
 from ..errors import SynthembedError
+from ..generation import rundir
 from ..languages import language_weights, word_count
 from ..taskgroups import TASK_TYPES
 from .language_codes import detect_script, resource_group
@@ -34,47 +34,19 @@ WRONG_LANGUAGE = "wrong_language"
 
 
 def load_run(run_dir: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(examples, generation-stage rejects) of a generation run directory (DESIGN.md, "Data formats").
+    """(examples, generation-stage rejects) of a generation run directory, read through its owner, rundir.
 
     rejects.jsonl may be absent (a run that rejected nothing); examples.jsonl may not.
     """
-    run_dir = Path(run_dir)
-    if not (run_dir / "examples.jsonl").is_file():
-        raise SynthembedError(f"{run_dir} is not a generation run: examples.jsonl is missing")
-    examples = [obj for _, obj in iter_jsonl(run_dir / "examples.jsonl")]
+    examples = rundir.read_examples(run_dir)
     for number, example in enumerate(examples, start=1):
         if "language" not in example or "task_type" not in example:
-            raise SynthembedError(f"{run_dir / 'examples.jsonl'}, line {number}: needs language and task_type")
-    rejects = []
-    if (run_dir / "rejects.jsonl").is_file():
-        for number, obj in iter_jsonl(run_dir / "rejects.jsonl"):
-            if "reason" not in obj:
-                raise SynthembedError(f"{run_dir / 'rejects.jsonl'}, line {number}: a reject needs a reason")
-            if obj.get("stage", "generate") == "generate":  # brainstorm rejects have no language
-                rejects.append(obj)
-    return examples, rejects
-
-
-def run_languages(run_dir: str | Path) -> tuple[str, ...] | None:
-    """The languages a run sampled from (its config.json), or None where the run has no config."""
-    import json
-
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        return None
-    plan = json.loads(path.read_text()).get("plan", {})
-    languages = plan.get("languages")
-    return tuple(languages) if languages else None
-
-
-def run_is_stand_in(run_dir: str | Path) -> bool | None:
-    """Whether the run's LLM was the loopback stand-in (its stats.json says so), None where the run has no stats."""
-    import json
-
-    path = Path(run_dir) / "stats.json"
-    if not path.is_file():
-        return None
-    return bool(json.loads(path.read_text()).get("llm", {}).get("stand_in"))
+            raise SynthembedError(f"{Path(run_dir) / rundir.EXAMPLES_FILE}, line {number}: needs language and task_type")
+    rejects = rundir.read_rejects(run_dir)
+    for number, reject in enumerate(rejects, start=1):
+        if "reason" not in reject:
+            raise SynthembedError(f"{Path(run_dir) / rundir.REJECTS_FILE}, line {number}: a reject needs a reason")
+    return examples, [r for r in rejects if r.get("stage", "generate") == "generate"]  # brainstorm rejects: no language
 
 
 def _as_run(run: str | Path | tuple[list[dict[str, Any]], list[dict[str, Any]]]):
@@ -93,7 +65,7 @@ def language_table(run, languages: Sequence[str] | None = None) -> pd.DataFrame:
     """
     examples, rejects = _as_run(run)
     if languages is None and isinstance(run, str | Path):
-        languages = run_languages(run)
+        languages = rundir.run_languages(run)
     counts = Counter(str(e["language"]) for e in examples)
     names = set(counts) | {str(r["language"]) for r in rejects if r.get("language")} | set(languages or ())
     total = sum(counts.values())

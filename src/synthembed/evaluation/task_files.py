@@ -5,7 +5,7 @@ read into the datasets mteb's task classes expect (tasks.py builds the tasks on 
     detect_kind("../shared/data/sts/sick-r")                    # 'sts'
     load_sts(Path("../shared/data/sts/sick-r"), "test", limit=40)  # DatasetDict {"test": (sentence1, sentence2, score)}
 
-A folder's kind is read from its files (DESIGN.md, "Command line"): retrieval = BEIR (corpus.jsonl, queries.jsonl,
+A folder's kind is read from its files (docs/design.md, "Data formats"): retrieval = BEIR (corpus.jsonl, queries.jsonl,
 qrels/test.tsv); STS = sts-test.csv or SICK.txt; classification = train.csv + test.csv; bitext = Tatoeba files
 (tatoeba.<xxx>-eng.<xxx>) or FLORES files (<lang_Script>.devtest). Task kinds are our word for what mteb calls a task's
 type; MTEB_KINDS translates.

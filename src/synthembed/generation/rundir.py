@@ -1,4 +1,4 @@
-"""The run directory of a generation run: the only code that reads or writes its files (DESIGN.md, "Data formats").
+"""The run directory of a generation run: the only code that reads or writes its files (docs/design.md, "Data formats").
 
     from synthembed.generation import rundir
     examples = rundir.read_examples("runs/gen")            # accepted examples, as dicts
