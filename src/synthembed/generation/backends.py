@@ -134,6 +134,36 @@ SIMPLE_CHAT_TEMPLATE = (
 )
 
 
+# Chat-turn ends that instruct models emit where a plain causal LM would emit EOS (ChatML, Gemma, Llama 3, Phi) and
+# the end-of-document token some use instead; whichever of these a tokenizer really has ends a reply.
+TURN_END_TOKENS = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>", "<|endoftext|>")
+
+
+def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
+    """The token ids that end a reply: the tokenizer's EOS, the generation config's EOS id(s), and every turn-end token
+    of TURN_END_TOKENS that the tokenizer has. Stopping at EOS alone lets a chat model run on past its turn's end (Qwen's
+    tokenizer says EOS is <|im_end|> while its base emits <|endoftext|>; Gemma ends turns with <end_of_turn>), and the
+    reply is then cut at max_new_tokens and rejected as truncated.
+
+    >>> # stop_token_ids(AutoTokenizer.from_pretrained("Qwen/Qwen2.5-0.5B-Instruct"))  ->  [151645, 151643]
+    """
+    ids: list[int] = []
+
+    def add(token_id) -> None:
+        for one in token_id if isinstance(token_id, list | tuple) else [token_id]:
+            if one is not None and int(one) not in ids:
+                ids.append(int(one))
+
+    add(tokenizer.eos_token_id)
+    if generation_config is not None:
+        add(getattr(generation_config, "eos_token_id", None))
+    vocab = tokenizer.get_vocab()
+    for token in TURN_END_TOKENS:
+        if token in vocab:
+            add(vocab[token])
+    return ids
+
+
 class TransformersBackend:
     """A local causal LM: chat template, left-padded batches, sampling with the request's settings, no server.
 
@@ -164,6 +194,7 @@ class TransformersBackend:
         torch_dtype = {"auto": (torch.bfloat16 if self.device.startswith("cuda") else torch.float32),
                        "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
         self.model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype).to(self.device).eval()
+        self.stop_ids = stop_token_ids(self.tokenizer, getattr(self.model, "generation_config", None))
         self._torch = torch
         self._generator_seed = seed
 
@@ -189,14 +220,14 @@ class TransformersBackend:
                 temperature=first.temperature if sample else None,
                 top_p=first.top_p if sample else None,
                 pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=self.tokenizer.eos_token_id,
+                eos_token_id=self.stop_ids,
             )  # (B, T_prompt + T_new)
         new_tokens = out[:, batch["input_ids"].shape[1]:]  # (B, T_new)
         responses = []
-        eos = self.tokenizer.eos_token_id
         for row, mask in zip(new_tokens.tolist(), batch["attention_mask"].tolist(), strict=True):
-            finished = eos in row
-            generated = row[: row.index(eos)] if finished else row
+            end = next((i for i, token in enumerate(row) if token in self.stop_ids), None)
+            finished = end is not None
+            generated = row[:end] if finished else row
             responses.append(ChatResponse(
                 text=self.tokenizer.decode(generated, skip_special_tokens=True),
                 finish_reason="stop" if finished else "length",
