@@ -346,3 +346,13 @@ def test_launch_configs_parse():
     ds = load_config_from_file(str(configs / "deepspeed_zero3.yaml")).deepspeed_config
     zero = json.loads((repo_root() / ds["deepspeed_config_file"]).read_text())["zero_optimization"]
     assert zero["stage"] == 3 and zero["stage3_gather_16bit_weights_on_model_save"]
+
+
+def test_a_warm_up_longer_than_the_run_is_named_with_the_peak_it_reaches():
+    from synthembed.training.loop import _lr_factor, warmup_warning
+
+    message = warmup_warning(100, 10, 2e-4)
+    # 10 steps of a 100-step warm-up: the last step runs at 10/101 of --lr
+    assert "1.98e-05" in message and "--warmup-steps 100" in message and "about 1)" in message
+    assert _lr_factor(9, 100, 10) == pytest.approx(10 / 101)
+    assert warmup_warning(100, 1000, 1e-4) is None and warmup_warning(3, 24, 1e-3) is None

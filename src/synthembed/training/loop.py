@@ -85,6 +85,9 @@ def train(args: TrainArguments, on_step: Callable[[int, float], Any] | None = No
         f"({per_process} per process, mini-batch {mini}); {trainable:,} of {total:,} parameters train; "
         f"{accelerator.num_processes} process(es) on {accelerator.device}"
     )
+    warning = warmup_warning(args.warmup_steps, total_steps, args.lr)
+    if warning:
+        accelerator.print(warning)
     steps = _Steps(accelerator, model, optimizer, scheduler, loss, embed, plan, per_process)
     steps.run(args, out, start, total_steps, on_step)
 
@@ -198,16 +201,36 @@ def _optimizer(model, lr: float, weight_decay: float):
         return torch.optim.AdamW(groups, lr=lr)
 
 
+def warmup_warning(warmup_steps: int, total_steps: int, lr: float) -> str | None:
+    """A warning when the warm-up does not fit the run: the paper's 100 warm-up steps suit its ~1k steps, but a short
+    run (a CPU study, a smoke test) with the same default never reaches --lr and barely trains.
+
+    >>> warmup_warning(100, 10, 2e-4)[:60]
+    '[train] warning: --warmup-steps 100 is not shorter than the '
+    >>> warmup_warning(100, 1000, 1e-4) is None
+    True
+    """
+    if warmup_steps < total_steps:
+        return None
+    peak = lr * _lr_factor(total_steps - 1, warmup_steps, total_steps)  # still warming up at the last step
+    return (
+        f"[train] warning: --warmup-steps {warmup_steps} is not shorter than the run's {total_steps} steps; the "
+        f"learning rate peaks at {peak:.3g}, not --lr {lr:g} (pass --warmup-steps about {max(1, total_steps // 10)})"
+    )
+
+
+def _lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up to the peak, then linear decay to 0 at the last step (the paper's schedule); step is 0-based."""
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
 def _schedule(optimizer, warmup_steps: int, total_steps: int):
-    """Linear warm-up to the peak, then linear decay to 0 at the last step (the paper's schedule)."""
+    """The learning-rate schedule of _lr_factor as a torch scheduler."""
     import torch
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, warmup_steps, total_steps))
 
 
 def _open_out(accelerator, out: Path, args: TrainArguments, mined: dict[str, Any]) -> int:
