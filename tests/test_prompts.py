@@ -11,7 +11,6 @@ from importlib import resources
 
 import pytest
 
-from synthembed.data import TASK_TYPES
 from synthembed.errors import SynthembedError
 from synthembed.generation.prompts import (
     Prompt,
@@ -22,7 +21,7 @@ from synthembed.generation.prompts import (
     task_instruction,
 )
 from synthembed.languages import LANGUAGES
-from synthembed.taskgroups import TASK_GROUP, TASK_GROUPS
+from synthembed.taskgroups import TASK_GROUP, TASK_GROUPS, TASK_TYPES
 
 PLACEHOLDER_VALUES = {group.name: group.placeholders for group in TASK_GROUPS}
 OUTPUT_FIELDS = {group.name: group.fields for group in TASK_GROUPS}
