@@ -149,7 +149,7 @@ def test_missing_run_is_a_clear_error(tmp_path):
 
 
 def test_agrees_with_generate_stats_on_a_loopback_run(tmp_path):
-    """The same counts as generate.py's stats.json, on a real run with scripted wrong-language replies."""
+    """The same counts as the generation stage's stats.json, on a real run with scripted wrong-language replies."""
     from synthembed.generation.pipeline import generate
     from synthembed.generation.plan import GenerateConfig
     from synthembed.testing.loopback import Faults, LoopbackServer
@@ -279,7 +279,7 @@ def test_notebook_05_smoke(smoke_study):
     table = language_table(generation_dir)
     assert numbers["counts"] == table["count"].to_dict()
     assert numbers["examples"] == sum(numbers["counts"].values()) > 0
-    stats = json.loads((Path(generation_dir) / "stats.json").read_text())  # generate.py's own count
+    stats = json.loads((Path(generation_dir) / "stats.json").read_text())  # generation/stats.py's own count
     assert {k: v for k, v in numbers["counts"].items() if v} == stats["by_language"]
     assert numbers["verification_rate"] == pytest.approx(verification_rates(generation_dir).loc["all", "rate"])
     assert numbers["stand_in"] is True

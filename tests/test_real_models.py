@@ -111,3 +111,12 @@ def test_real_instruct_model_reply_stops_and_parses():
     assert reply.finish_reason == "stop", reply.text
     assert reply.completion_tokens < 64
     assert parse_json_object(reply.text) == json.loads('{"ok": true}')
+
+
+def test_loading_an_absent_real_model_names_the_fetch_command(tmp_path, monkeypatch):
+    from synthembed.model import load_embedder
+
+    monkeypatch.setenv("SYNTHEMBED_MODELS", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SynthembedError, match="cannot load model .*get-models .* --only gemma-3-270m"):
+        load_embedder("google/gemma-3-270m", device="cpu")

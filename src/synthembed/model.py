@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from .data import format_query
 from .errors import SynthembedError
 from .model_config import read_model_config
-from .paths import resolve_model_path
+from .paths import fetch_hint, resolve_model_path
 from .pooling import POOLING_MODES, check_pooling, last_token_index, pool
 
 # Sentence-transformers' names for its pooling modes -> ours.
@@ -307,7 +307,10 @@ def load_embedder(
         config = AutoConfig.from_pretrained(source.weights)
         tokenizer = AutoTokenizer.from_pretrained(source.tokenizer)
     except OSError as err:
-        raise SynthembedError(f"cannot load model {name_or_path!r}: {str(err).splitlines()[0]}") from None
+        hint = fetch_hint(name_or_path)
+        raise SynthembedError(
+            f"cannot load model {name_or_path!r}: {str(err).splitlines()[0]}" + (f"; {hint}" if hint else "")
+        ) from None
     apply_config_overrides(config, config_overrides)
     decoder = is_decoder_only(config)
     pooling = pooling or source.defaults.get("pooling") or ("last" if decoder else "mean")

@@ -85,16 +85,24 @@ def minilm_path() -> Path:
 def models_dir() -> Path:
     """The folder of local real-model copies: $SYNTHEMBED_MODELS, else ~/.cache/synthembed/models (may not exist)."""
     env = os.environ.get(MODELS_ENV)
-    return Path(env).expanduser().resolve() if env else Path.home() / ".cache" / "synthembed" / "models"
+    return (Path(env).expanduser() if env else Path.home() / ".cache" / "synthembed" / "models").resolve()
 
 
-def _local_folder_name(name: str) -> str | None:
+def local_folder_name(name: str) -> str | None:
     """get-models' folder name for a hub id or a folder name it knows (case-insensitive), else None."""
     lowered = name.lower()
     for hub_id, folder in LOCAL_MODELS.items():
         if lowered in (hub_id.lower(), hub_id.split("/")[1].lower(), folder):
             return folder
     return None
+
+
+def fetch_hint(name: str) -> str | None:
+    """How to fetch `name` when it is one of the real models get-models writes, else None."""
+    folder = local_folder_name(name)
+    if folder is None:
+        return None
+    return f"set {MODELS_ENV} to the folder that holds it, or fetch it with: " + FETCH_HINT.format(dest=models_dir(), name=folder)
 
 
 def local_model(name: str) -> Path:
@@ -104,15 +112,12 @@ def local_model(name: str) -> Path:
     >>> local_model("HuggingFaceTB/SmolLM2-135M-Instruct")  # doctest: +SKIP
     PosixPath('/root/.cache/synthembed/models/smollm2-135m-instruct')
     """
-    folder = _local_folder_name(name)
+    folder = local_folder_name(name)
     if folder is None:
         raise SynthembedError(f"{name!r} is not one of the real models get-models fetches: {', '.join(LOCAL_MODELS)}")
     path = models_dir() / folder
     if not (path / "config.json").is_file():
-        raise SynthembedError(
-            f"model {name!r} is not in {models_dir()} (set {MODELS_ENV} to the folder that holds it); fetch it with: "
-            + FETCH_HINT.format(dest=models_dir(), name=folder)
-        )
+        raise SynthembedError(f"model {name!r} is not in {models_dir()}; {fetch_hint(name)}")
     return path
 
 
@@ -127,7 +132,7 @@ def resolve_model_path(name_or_path: str) -> str:
             return str(minilm_path())
         except SynthembedError:
             return name_or_path
-    if _local_folder_name(name_or_path) is not None:
+    if local_folder_name(name_or_path) is not None:
         try:
             return str(local_model(name_or_path))
         except SynthembedError:

@@ -31,8 +31,6 @@ def new_figure(width: float = 7.0, height: float = 4.0):
 
 # --- generation (notebooks 01, 02) -------------------------------------------------------------------------------
 
-# The paper's Figure 2 shares, for drawing beside a run's: task groups (thousands of examples) and languages.
-
 
 def plot_language_weights(weights: dict[str, float], top: int = 20, path=None):
     """The sampling weight of the `top` most likely languages and of all the others together (docs/paper.md, section 2: Figure 2)."""

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import SynthembedError
 from ..files import replace_atomic, write_json_atomic
-from ..model_config import SYNTHEMBED_CONFIG
+from ..model_config import read_model_config
 from ..paths import resolve_model_path
 
 CACHE_ENV = "SYNTHEMBED_CACHE"
@@ -78,13 +78,10 @@ def model_dirs(name_or_path: str) -> list[Path]:
         except Exception:  # noqa: BLE001 -- not cached locally: the caller hashes the loaded weights instead
             return []
     dirs = [resolved]
-    for config_name, key in (
-        (SYNTHEMBED_CONFIG, "base_model"),
-        ("adapter_config.json", "base_model_name_or_path"),
-    ):
-        config = resolved / config_name
-        if config.is_file() and (resolved / "adapter_config.json").is_file():
-            base = json.loads(config.read_text()).get(key)
+    adapter = resolved / "adapter_config.json"
+    if adapter.is_file():  # a LoRA adapter: its base model's files are part of what it is
+        ours = (read_model_config(resolved) or {}).get("base_model")
+        for base in (ours, json.loads(adapter.read_text()).get("base_model_name_or_path")):
             if base:
                 dirs += [d for d in model_dirs(base) if d not in dirs]
     return dirs

@@ -4,7 +4,7 @@ names this module for both).
     synthembed evaluate --model runs/model --tasks SciFact,STSBenchmark --data-dir ../shared/data --out runs/eval.json
     synthembed passkey --model runs/model --lengths 256,4k,32k --rope-bases 1e4,1e5 --sliding-windows 32k --out runs/pk
 
-Only argparse is imported here: `--help` answers without loading mteb or torch (run.py and passkey_grid.py load them).
+`--help` answers without loading mteb or torch: they load only when a command runs (run.py, passkey_grid.py).
 """
 
 from __future__ import annotations

@@ -65,11 +65,6 @@ def language_name(code: str) -> str:
     raise SynthembedError(f"unknown language code {code!r} (expected ISO 639-3 such as 'deu', 'deu_Latn', or ISO 639-1)")
 
 
-def in_paper(language: str) -> bool:
-    """Whether `language` (a name or code) is one of the paper's 93 training languages."""
-    return language_name(language) in LANGUAGES
-
-
 def resource_group(language: str) -> str:
     """The language's group: "high" (English and the paper's 13 high-resource ones), "low" (its other 79 languages) or
     "unseen" (not among its 93).

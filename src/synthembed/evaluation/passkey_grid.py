@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import gc
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SynthembedError
+from ..files import write_json_atomic
 from .metrics import top1_accuracy
 from .passkey import PASSKEY_TASK, PasskeySet, make_passkey_set
 
@@ -209,7 +209,7 @@ class PasskeyGrid:
         """Write grid.json and grid.csv into `out_dir`; returns the JSON path."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "grid.json").write_text(json.dumps(self.to_json(), indent=2))
+        write_json_atomic(out / "grid.json", self.to_json())
         columns = list(self.rows[0]) if self.rows else ["setting", "length", "accuracy"]
         with open(out / "grid.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")

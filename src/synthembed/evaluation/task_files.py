@@ -13,7 +13,6 @@ type; MTEB_KINDS translates.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -96,21 +95,6 @@ def official_name(path: str | Path) -> str | None:
     if (path / "SICK.txt").is_file():
         return "SICK-R"
     return None
-
-
-def content_hash(path: str | Path) -> str:
-    """sha256 over the names and bytes of the files in a task folder (recorded with results; the data's identity)."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(str(file.relative_to(path)).encode() + b"\0")
-        with file.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-# --- loaders: files -> the dataset structure each mteb abstract class expects -----------------------------------------
 
 
 def spread(rows: list, n: int) -> list:

@@ -31,7 +31,6 @@ EXAMPLES_FILE = "examples.jsonl"
 REJECTS_FILE = "rejects.jsonl"
 STATS_FILE = "stats.json"
 CACHE_FILE = "cache.sqlite"
-RUN_FILES = (EXAMPLES_FILE, TASKS_FILE, REJECTS_FILE, STATS_FILE, CACHE_FILE, CONFIG_FILE)
 
 
 # --- config.json -------------------------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ mini-batches (or, with one mini-batch, is the plain loss), the gradients are cli
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -27,7 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SynthembedError
+from ..files import write_json_atomic
 from ..model_config import read_model_config
+from ..paths import local_folder_name
 from .args import TrainArguments, check_arguments, check_batch_sizes
 from .checkpoint import check_out, latest_checkpoint, resume_checkpoint, save_checkpoint
 from .data import BatchPlan, batch_texts, in_batch_flags, load_pairs
@@ -147,7 +148,8 @@ def _load_model(args: TrainArguments, device, bf16: bool):
     # Frozen base weights can sit in bf16 on GPU; a full fine-tune keeps fp32 masters and autocasts.
     dtype = torch.bfloat16 if (bf16 and not args.no_lora) else torch.float32
     emb = load_embedder(args.base_model, pooling=args.pooling, max_len=args.max_len, device=device, dtype=dtype)
-    base_path = emb.model.config._name_or_path or args.base_model
+    # A hub id that resolved to a get-models copy is recorded as the id: the export then loads on any machine.
+    base_path = args.base_model if local_folder_name(args.base_model) else emb.model.config._name_or_path or args.base_model
     if args.gradient_checkpointing:
         enable_checkpointing(emb.model)
     if not args.no_lora:
@@ -239,13 +241,12 @@ def _open_out(accelerator, out: Path, args: TrainArguments, mined: dict[str, Any
     if accelerator.is_main_process:  # only now, with data and model loaded, does anything get written
         out.mkdir(parents=True, exist_ok=True)
         for name, negatives in mined.items():
-            (out / "data").mkdir(exist_ok=True)
-            (out / "data" / name).write_text(json.dumps(negatives))
+            write_json_atomic(out / "data" / name, negatives)
     accelerator.wait_for_everyone()
     if args.resume:
         return resume_checkpoint(accelerator, out)  # weights, optimizer, scheduler and every RNG state
     if accelerator.is_main_process:
-        (out / "train_args.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
+        write_json_atomic(out / "train_args.json", dataclasses.asdict(args))
     return 0
 
 

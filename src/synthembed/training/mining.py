@@ -17,8 +17,6 @@ import numpy as np
 from ..data import beir_document
 from ..errors import SynthembedError
 
-MINERS = ("bm25", "embedding")
-
 
 def _pick(ranked: list[str], relevant: set[str], n_negatives: int, depth: int, skip: int, rng: random.Random) -> list[str]:
     """Sample n negatives among ranks [skip, depth) of the non-relevant documents (the very top ones are the likeliest
