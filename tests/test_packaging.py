@@ -11,7 +11,7 @@ import tomllib
 import yaml
 
 from synthembed.paths import repo_root
-from synthembed.study import INJECTED, declared_parameters, list_notebooks, load_profile, notebook_parameters
+from synthembed.study import INJECTED, PROFILES, declared_parameters, list_notebooks, load_profile, notebook_parameters
 
 ROOT = repo_root()
 
@@ -66,11 +66,29 @@ def test_notebook_shape(notebook):
         assert name in declared
 
 
-@pytest.mark.parametrize("profile", ["smoke", "default", "paper"])
+def test_every_profile_file_is_listed():
+    assert sorted(PROFILES) == sorted(p.stem for p in (ROOT / "params").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("profile", PROFILES)
 def test_profiles_name_only_declared_parameters(profile):
     settings = load_profile(profile)
     for notebook in list_notebooks():
         notebook_parameters(notebook, settings, {"run_dir": "/tmp/x", "profile": profile})  # raises on unknown names
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_profiles_name_tasks_that_exist(profile):
+    """A misspelt MTEB task in a profile would fail hours into a study; mteb knows every name offline."""
+    from synthembed.evaluation.run import resolve_tasks
+    from synthembed.paths import shared_data_dir
+
+    section = load_profile(profile)["04_evaluate"]
+    limit = section.get("limit")
+    if limit is not None and not shared_data_dir().is_dir():
+        pytest.skip("a profile with a limit reads local task copies, and the shared data is absent")
+    tasks = resolve_tasks(section["tasks"], data_dir=shared_data_dir() if limit is not None else None, limit=limit)
+    assert len(tasks) >= len(section["tasks"])
 
 
 def test_ci_runs_the_readme_test_command():

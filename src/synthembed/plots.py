@@ -179,12 +179,15 @@ def _grouped_bars(ax, labels: list[str], series: dict[str, list[float | None]], 
 
 
 def plot_task_scores(table, path=None, title: str = "Main score per task (x100), ours beside published"):
-    """Bars per task from `synthembed.evaluation.tables.task_table` (columns after task/kind/metric are runs or published)."""
-    series_names = [c for c in table.columns if c not in ("task", "kind", "metric")]
+    """Bars per task from `synthembed.evaluation.tables.task_table` (columns after task/kind/metric/data are runs or
+    published); a task that ran on a subset says so under its name."""
+    series_names = [c for c in table.columns if c not in ("task", "kind", "metric", "data")]
     fig, ax = new_figure(max(7.0, 1.2 * len(table) + 3), 4.5)
     series = {name: [None if v != v else v for v in table[name].tolist()] for name in series_names}  # NaN -> None
-    _grouped_bars(ax, [f"{t}\n({m})" for t, m in zip(table["task"], table["metric"], strict=True)], series,
-                  hatched={n for n in series_names if n.endswith("(published)")})
+    notes = table["data"].tolist() if "data" in table.columns else [None] * len(table)
+    labels = [f"{t}\n({m})" + (f"\n{d}" if d and d.startswith("subset") else "")
+              for t, m, d in zip(table["task"], table["metric"], notes, strict=True)]  # fmt: skip
+    _grouped_bars(ax, labels, series, hatched={n for n in series_names if n.endswith("(published)")})
     ax.set_ylabel("main score x100")
     ax.set_title(title)
     return save(fig, path)
@@ -198,6 +201,23 @@ def plot_category_scores(table, path=None, title: str = "Average per category (x
     _grouped_bars(ax, list(table["category"]), series, hatched={n for n in series_names if n.endswith("(paper)")})
     ax.set_ylabel("mean main score x100")
     ax.set_title(title)
+    return save(fig, path)
+
+
+def plot_model_scores(table, path=None, title: str = "Main score (x100) per model, per task and on average"):
+    """Grouped bars from `synthembed.evaluation.tables.model_table` (the Table 1 shape): a group per task and the
+    average, a bar per model; MTEB's published rows hatched. Column names carry the subset marks, so do the groups."""
+    import numpy as np
+
+    # per task and the average (model_table names them in attrs): a category column repeats its task where one
+    # task stands for it
+    groups = table.attrs.get("bar_columns") or [c for c in table.columns if c != "model"]
+    series = {row["model"]: [None if np.isnan(row[c]) else row[c] for c in groups] for _, row in table.iterrows()}
+    fig, ax = new_figure(max(7.0, 0.45 * len(groups) * max(1, len(series)) + 3), 4.5)
+    _grouped_bars(ax, [c.replace(" (", "\n(") for c in groups], series,
+                  hatched={name for name in series if name.endswith("(MTEB, published)")})  # fmt: skip
+    ax.set_ylabel("main score x100")
+    ax.set_title(title + (" (on subsets)" if any("subset" in c for c in groups) else ""))
     return save(fig, path)
 
 
@@ -383,4 +403,30 @@ def plot_passkey_lines(
     ax.set_ylim(-3, 103)
     ax.set_title(title)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return save(fig, path)
+
+
+def plot_method_at_work(cosine, probabilities, temperature: float, path=None):
+    """One batch through InfoNCE (notebook 03): queries (rows) against their positives and the hard negatives
+    (columns), as cosine similarities and as each row's softmax of cosine / temperature; the framed cells are the
+    positives, where the loss wants all of a row's probability (training/anatomy.py computes both matrices)."""
+    import numpy as np
+
+    n = len(cosine)
+    columns = [f"p{i + 1}" for i in range(n)] + [f"n{i + 1}" for i in range(n)]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.6 * n + 1.8))
+    titles = ("cosine similarity", f"softmax(cosine / {temperature:g}) per query")
+    for ax, matrix, title, cmap in zip(axes, (cosine, probabilities), titles, ("viridis", "magma"), strict=True):
+        matrix = np.asarray(matrix, dtype=float)
+        image = ax.imshow(matrix, cmap=cmap, aspect="auto")
+        for (row, col), value in np.ndenumerate(matrix):  # dark text on the bright cells, light on the dark ones
+            shade = image.norm(value)
+            ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=7, color="k" if shade > 0.6 else "w")
+        for i in range(n):  # frame each query's positive
+            ax.add_patch(plt.Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
+        ax.axvline(n - 0.5, color="white", linewidth=2)  # in-batch positives | hard negatives
+        ax.set_xticks(range(2 * n), columns)
+        ax.set_xlabel("positives | hard negatives")
+        ax.set_yticks(range(n), [f"q{i + 1}" for i in range(n)])
+        ax.set_title(title)
     return save(fig, path)

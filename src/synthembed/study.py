@@ -23,7 +23,7 @@ import yaml
 from .errors import SynthembedError
 from .paths import repo_root
 
-PROFILES = ("smoke", "default", "paper")
+PROFILES = ("smoke", "cpu", "default", "paper")
 # Parameters the study itself supplies to every notebook; each notebook's parameters cell must declare them.
 INJECTED = ("run_dir", "profile")
 # papermill records parameters inside the executed notebook, so nothing secret may ever be one.

@@ -7,7 +7,9 @@ mteb's related LEMBPasskeyRetrieval. The documents and queries are passkey.py.
                             settings=[PasskeySetting(1e4, 4096), PasskeySetting(1e5, None)])
     synthembed passkey --model runs/tiny-mistral --lengths 256,512 --rope-bases 10000,100000 --out runs/passkey
 
-The RoPE base (`rope_theta`) and the sliding window are changed in the model's config before loading.
+The RoPE base (`rope_theta`) and the sliding window are changed in the model's config before loading. In a model with
+global and local layers (Gemma 3) the base is the global, full-attention layers' (they read the long context) and the
+window is the local layers'; see model.apply_config_overrides.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class PasskeySetting:
     """A RoPE base and sliding window to load the model with. None keeps the model's own; sliding_window=0 turns the
-    window off (full causal attention)."""
+    window off (full causal attention), which models with local sliding-window layers (Gemma 3) refuse."""
 
     rope_theta: float | None = None
     sliding_window: int | None = None
@@ -75,30 +77,59 @@ def grid_settings(
     return [PasskeySetting(base, window) for window in sliding_windows for base in rope_bases]
 
 
-def rope_theta_in_attention(model) -> float | None:
-    """The RoPE base the rotary embedding actually uses, recovered from its inverse frequencies.
+def _base_from_inv_freq(inv_freq) -> float | None:
+    """inv_freq[i] = base ** (-2 i / dim) for i < dim / 2, so the last one gives base = inv_freq[-1] ** (-dim / (dim - 2))."""
+    if inv_freq is None or inv_freq.numel() < 2:
+        return None
+    dim = 2 * inv_freq.numel()
+    last = float(inv_freq.detach().double()[-1])
+    return float(f"{last ** (-dim / (dim - 2)):.3g}")  # rounded: inv_freq may be stored in bf16
 
-    inv_freq[i] = base ** (-2 i / dim) for i < dim / 2, so the last one gives base = inv_freq[-1] ** (-dim / (dim - 2)).
-    Reading it back from the module (not the config) shows an override reached the attention. None when there is none.
+
+def rope_bases_in_attention(model) -> dict[str, float]:
+    """The RoPE base each rotary embedding of a loaded model actually uses, recovered from its inverse frequencies:
+    {layer type: base} where one module keeps a buffer per layer type (Gemma 3's `full_attention_inv_freq` and
+    `sliding_attention_inv_freq`), {"all": base} where one `inv_freq` serves every layer (Llama, Mistral, Qwen2).
+
+    Reading it back from the module (not the config) shows an override reached the attention. Scaled RoPE types
+    (linear, yarn, ...) are left out: their inverse frequencies are not base ** (-2 i / dim).
     """
+    bases: dict[str, float] = {}
     for module in model.modules():
-        inv_freq = getattr(module, "inv_freq", None)
-        if inv_freq is None or getattr(module, "rope_type", "default") != "default" or inv_freq.numel() < 2:
-            continue
-        dim = 2 * inv_freq.numel()
-        last = float(inv_freq.detach().double()[-1])
-        return float(f"{last ** (-dim / (dim - 2)):.3g}")  # rounded: inv_freq may be stored in bf16
-    return None
+        rope_type = getattr(module, "rope_type", None)
+        if isinstance(rope_type, dict):  # one rotary embedding, one set of buffers per layer type
+            found = {kind: _base_from_inv_freq(getattr(module, f"{kind}_inv_freq", None))
+                     for kind, rtype in rope_type.items() if rtype == "default"}  # fmt: skip
+        elif rope_type in (None, "default"):
+            found = {"all": _base_from_inv_freq(getattr(module, "inv_freq", None))}
+        else:
+            found = {}
+        bases |= {kind: base for kind, base in found.items() if base is not None and kind not in bases}
+    return bases
+
+
+def rope_theta_in_attention(model) -> float | None:
+    """The RoPE base the attention that reads the whole context uses: the full-attention layers' where the base is set
+    per layer type (see model.apply_config_overrides), else the one every layer uses. None when there is none."""
+    from ..model import GLOBAL_LAYER_TYPE
+
+    bases = rope_bases_in_attention(model)
+    return bases.get(GLOBAL_LAYER_TYPE, bases.get("all"))
 
 
 def effective_settings(emb: TransformerEmbedder) -> dict[str, Any]:
-    """The settings that took effect in a loaded model: config values and what the attention really uses."""
+    """The settings that took effect in a loaded model: config values and what the attention really uses.
+
+    `rope_theta` is the base of the layers that read the whole context; `local_rope_theta_in_attention` is the base of
+    local sliding-window layers where those have their own (Gemma 3), else None.
+    """
     from ..model import rope_theta_of
 
     config = emb.model.config
     return {
         "rope_theta": rope_theta_of(config),
         "rope_theta_in_attention": rope_theta_in_attention(emb.model),
+        "local_rope_theta_in_attention": rope_bases_in_attention(emb.model).get("sliding_attention"),
         "sliding_window": getattr(config, "sliding_window", None),
         "max_position_embeddings": getattr(config, "max_position_embeddings", None),
         "attn_implementation": getattr(config, "_attn_implementation", None),

@@ -139,7 +139,7 @@ def _embedder_and_fingerprint(
     settings and loaded only if some text turns out not to be cached (LazyEmbedder); any other is loaded first."""
     memo = read_file_hashes(cache_root)
     if embedder is None:
-        if _looks_like_path(model) and not Path(model).expanduser().exists():
+        if _missing_directory(model):
             raise SynthembedError(f"model {model} does not exist")
         import torch
 
@@ -158,6 +158,18 @@ def _embedder_and_fingerprint(
         model_hash = model_fingerprint(model, embedder, memo)
     write_file_hashes(cache_root, memo)
     return embedder, model_hash
+
+
+def _missing_directory(model: str) -> bool:
+    """A model named as a directory that is not there. A hub id (`org/name`, one slash) is no directory: it resolves to
+    a local copy (paths.resolve_model_path) or is left to transformers, whose error names the fetch command.
+
+    >>> _missing_directory("./no/such/model"), _missing_directory("HuggingFaceTB/SmolLM2-135M-Instruct")
+    (True, False)
+    """
+    if Path(resolve_model_path(model)).expanduser().exists():
+        return False
+    return model.startswith((".", "/", "~")) or model.count("/") > 1 or os.sep != "/" and os.sep in model
 
 
 def _evaluate_task(encoder, task, batch_size: int, show_progress: bool) -> dict[str, Any]:
@@ -202,6 +214,8 @@ def task_entry(task, result, seconds: float) -> dict[str, Any]:
         "split": split,
         "source": f"local:{task.local_path}" if getattr(task, "local_path", None) else "mteb hub",
         "limit": getattr(task, "local_limit", None),
+        # a limited run is a subset, and the tables say of what size (tables.subset_note); None: the whole task
+        "data_subset": _data_subset(task),
         "evaluation_seconds": round(seconds, 2),
         "scores": result.to_dict(),
     }
@@ -211,6 +225,13 @@ def task_entry(task, result, seconds: float) -> dict[str, Any]:
         # per language, by the non-English side of each pair (Tatoeba `deu-eng` -> deu, FLORES `deu_Latn-eng_Latn` -> deu_Latn)
         entry["languages"] = {subset.split("-")[0]: score for subset, score in subsets.items()}
     return entry
+
+
+def _data_subset(task) -> dict[str, Any] | None:
+    """{"count", "unit"} of what a local task limited to a subset held when scored (40 queries, 40 pairs, ...)."""
+    if getattr(task, "local_limit", None) is None:
+        return None
+    return {"count": task.local_size, "unit": task.size_unit}
 
 
 def uses_instructions(name_or_path: str, embedder: Embedder | None = None) -> bool:

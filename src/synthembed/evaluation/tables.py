@@ -52,8 +52,28 @@ def load_results(path: str | Path) -> dict[str, Any]:
     return results
 
 
+WHOLE_TASK = "whole task"
+MAX_BAR_TASKS = 12  # model_table's bar plot shows tasks up to this many, categories beyond
+
+
+def subset_note(entry: dict[str, Any]) -> str | None:
+    """How a task entry's data was cut: "subset: 40 queries" (or pairs, test rows), None where the whole task ran.
+
+    >>> subset_note({"limit": 40, "data_subset": {"count": 40, "unit": "queries"}})
+    'subset: 40 queries'
+    >>> subset_note({"limit": None}) is None
+    True
+    """
+    if entry.get("data_subset"):
+        return f"subset: {entry['data_subset']['count']} {entry['data_subset']['unit']}"
+    if entry.get("limit") is not None:  # a results file written before subsets were counted
+        return f"subset: at most {entry['limit']}"
+    return None
+
+
 def task_table(runs: dict[str, dict[str, Any]], published: dict[str, dict[str, float]] | None = None):
-    """Per task, main score x100 for each run (columns) beside published scores. -> DataFrame (task, kind, metric, ...)"""
+    """Per task, main score x100 for each run (columns) beside published scores, and what data ran ("data": the whole
+    task or "subset: N queries"; published scores are on whole tasks). -> DataFrame (task, kind, metric, ..., data)"""
     import pandas as pd
 
     published = PUBLISHED if published is None else published
@@ -61,22 +81,27 @@ def task_table(runs: dict[str, dict[str, Any]], published: dict[str, dict[str, f
     for label, results in runs.items():
         for entry in results["tasks"]:
             row = rows.setdefault(
-                entry["name"], {"task": entry["name"], "kind": entry["kind"], "metric": entry["main_score_name"]}
+                entry["name"],
+                {"task": entry["name"], "kind": entry["kind"], "metric": entry["main_score_name"], "data": None},
             )
+            note = subset_note(entry) or WHOLE_TASK
+            row["data"] = note if row["data"] in (None, note) else f"{row['data']}; {label}: {note}"
             row[label] = round(100 * entry["main_score"], 2)
     for label, scores in published.items():
         if any(name in rows for name in scores):
             for name, value in scores.items():
                 if name in rows:
                     rows[name][f"{label} (published)"] = value
-    return pd.DataFrame(list(rows.values()))
+    frame = pd.DataFrame(list(rows.values()))
+    return frame[[c for c in frame.columns if c != "data"] + ["data"]]  # last: after the scores it qualifies
 
 
 def category_table(runs: dict[str, dict[str, Any]], paper: dict[str, dict[str, float]] | None = None):
     """Per task kind (MTEB category), mean main score x100 for each run beside the paper's Table 1. -> DataFrame
 
     The paper's columns average 56 MTEB datasets; ours average whatever tasks ran, so they compare only when the
-    same tasks ran (MTEB(eng, v1) in the default profile).
+    same tasks ran (MTEB(eng, v1) in the default profile). A category that ran on subsets is named so
+    ("sts (subsets)").
     """
     import pandas as pd
 
@@ -88,8 +113,68 @@ def category_table(runs: dict[str, dict[str, Any]], paper: dict[str, dict[str, f
     frame = pd.DataFrame({label: [t.get(k) for k in present] for label, t in table.items()}, index=present)
     for label, column in paper.items():
         frame[f"{label} (paper)"] = [column.get(k) for k in present]
+    on_subsets = {e["kind"] for r in runs.values() for e in r["tasks"] if subset_note(e)}
+    on_subsets |= {"average"} if on_subsets else set()
+    frame.index = [k + " (subsets)" if k in on_subsets else k for k in present]
     frame.index.name = "category"
     return frame.reset_index()
+
+
+def model_table(runs: dict[str, dict[str, Any]], published: dict[str, dict[str, float]] | None = None):
+    """The paper's Table 1 in shape: one row per model; a column per task, then per MTEB category and the average
+    over tasks (x100). A column over a subset says so ("SciFact (subset: 40 queries)", "retrieval (subsets)").
+
+    Rows of MTEB's published scores (`published`, default reference.PUBLISHED) are added for the runs labelled like a
+    published model, as "<model> (MTEB, published)"; published scores are on whole tasks, so they fill only the
+    columns of whole tasks, never a subset's. -> DataFrame (model, task columns..., categories..., average)
+    """
+    import pandas as pd
+
+    published = PUBLISHED if published is None else published
+    columns: dict[tuple[str, str | None], str] = {}  # (task, subset note) -> column name
+    kinds: dict[str, str] = {}  # column -> its task kind
+    for results in runs.values():
+        for entry in results["tasks"]:
+            note = subset_note(entry)
+            name = columns.setdefault((entry["name"], note), entry["name"] + (f" ({note})" if note else ""))
+            kinds[name] = entry["kind"]
+    subset = {name: note is not None for (_, note), name in columns.items()}
+    rows = {label: {columns[(e["name"], subset_note(e))]: 100 * e["main_score"] for e in results["tasks"]}
+            for label, results in runs.items()}  # fmt: skip
+    for label in runs:
+        if label in published:
+            whole = {name: published[label][task] for (task, note), name in columns.items()
+                     if note is None and task in published[label]}  # fmt: skip
+            if whole:
+                rows[f"{label} (MTEB, published)"] = whole
+
+    order = {kind: i for i, kind in enumerate(CATEGORIES)}
+    present = sorted(set(kinds.values()), key=lambda k: (order.get(k, len(order)), k))
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=list(kinds))
+    category_columns = []
+    for kind in present + ["average"]:
+        members = [c for c in kinds if kind in ("average", kinds[c])]
+        # a row missing one of the category's tasks gets no mean there: it would average other tasks than the rest
+        category_columns.append(kind + (" (subsets)" if any(subset[c] for c in members) else ""))
+        table[category_columns[-1]] = table[members].mean(axis=1, skipna=False)
+    table = table.round(2)
+    table.index.name = "model"
+    table = table.reset_index()
+    # what the bar plot shows: the tasks and the average, or for a benchmark (MTEB's 56 tasks) the categories
+    bars = list(kinds) if len(kinds) <= MAX_BAR_TASKS else category_columns[:-1]
+    table.attrs["bar_columns"] = bars + category_columns[-1:]
+    return table
+
+
+def embedding_settings(runs: dict[str, dict[str, Any]]):
+    """How each model was embedded (as loaded: pooling, max_len, instructions): rows that must agree for a fair
+    comparison (an untrained decoder and ours) can be read side by side. -> DataFrame"""
+    import pandas as pd
+
+    return pd.DataFrame(
+        [{"label": label, "model": r["model"], "pooling": r.get("pooling"), "max_len": r.get("max_len"),
+          "instructions": "on" if r["instructions"] else "off"} for label, r in runs.items()]  # fmt: skip
+    )
 
 
 def to_markdown(frame) -> str:
@@ -111,10 +196,11 @@ def to_markdown(frame) -> str:
 
 
 def write_tables(runs: dict[str, dict[str, Any]], out_dir: str | Path) -> dict[str, Path]:
-    """tasks.json / tasks.md and categories.json / categories.md in `out_dir`; returns their paths."""
+    """tasks, categories and models (the Table 1 shape) as .json and .md in `out_dir`; returns their paths."""
     out_dir = Path(out_dir)
     written = {}
-    for stem, frame in (("tasks", task_table(runs)), ("categories", category_table(runs))):
+    frames = {"tasks": task_table(runs), "categories": category_table(runs), "models": model_table(runs)}
+    for stem, frame in frames.items():
         written[f"{stem}.json"] = write_json_atomic(
             out_dir / f"{stem}.json", json.loads(frame.to_json(orient="records"))
         )
@@ -137,17 +223,19 @@ def evaluation_summary(
     runs: dict[str, dict[str, Any]], trained: Mapping[str, str], baseline: str | None = None
 ) -> dict[str, Any]:
     """Notebook 04's numbers (what its test reads back): the baseline's tasks and scores, each trained model's scores,
-    every run's averages and whether it got instructions, and the paper's Table 1 average.
+    every run's scores, averages and whether it got instructions, which tasks ran on subsets, and the paper's Table 1
+    average.
 
     Args:
         runs: evaluate_model results by label.
         trained: trained model label (find_trained_models') -> its label in `runs`.
-        baseline: the baseline's label in `runs` (default the first).
+        baseline: the baseline's label in `runs` (default the first run that is not a trained model).
 
     >>> evaluation_summary(runs, {"synthetic": "ours: synthetic"})["trained_scores"]  # doctest: +SKIP
     {'synthetic': {'SciFact': 0.41, ...}}
     """
-    baseline = next(iter(runs)) if baseline is None else baseline
+    if baseline is None:
+        baseline = next((label for label in runs if label not in trained.values()), next(iter(runs)))
     return {
         "tasks": [t["name"] for t in runs[baseline]["tasks"]],
         "baseline": baseline,
@@ -156,5 +244,8 @@ def evaluation_summary(
         "trained_scores": {label: task_scores(runs[key]) for label, key in trained.items()},
         "averages": {label: {k: round(v, 4) for k, v in run["averages"].items()} for label, run in runs.items()},
         "instructions": {label: run["instructions"] for label, run in runs.items()},
+        # what data each task's scores are on: "subset: 40 queries", or None for the whole task
+        "subsets": {t["name"]: subset_note(t) for t in runs[baseline]["tasks"]},
+        "scores": {label: task_scores(run) for label, run in runs.items()},  # every model, in the table's order
         "paper_table1_average": PAPER_TABLE1["E5-mistral full data"]["average"],
     }

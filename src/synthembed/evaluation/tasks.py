@@ -69,6 +69,7 @@ class LocalTask:
         super().__init__()  # mteb's AbsTask: seed, hf_subsets from the metadata
         self.local_path = str(path)
         self.local_limit = limit
+        self.local_size: int | None = None  # what the data held when it was last read (size())
 
     @property
     def local_split(self) -> str:
@@ -78,33 +79,55 @@ class LocalTask:
         if self.data_loaded:
             return
         self.dataset = self.read_files(Path(self.local_path))
+        # counted here because mteb unloads the data once the task is scored; tables name a subset by this count
+        self.local_size = self.size(self.dataset)
         self.data_loaded = True
 
     metadata = _PublishedMetadata()
+    size_unit = ""  # what size() counts
 
     def read_files(self, path: Path):
+        raise NotImplementedError
+
+    def size(self, dataset) -> int:
+        """How many of the scored items (size_unit) `dataset`, as read_files returns it, holds."""
         raise NotImplementedError
 
 
 class LocalRetrievalTask(LocalTask, AbsTaskRetrieval):
     """BEIR files (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)."""
 
+    size_unit = "queries"
+
     def read_files(self, path: Path):
         return load_retrieval(path, self.local_split, self.local_limit)
+
+    def size(self, dataset) -> int:
+        return len(dataset["default"][self.local_split]["queries"])
 
 
 class LocalSTSTask(LocalTask, AbsTaskSTS):
     """sts-test.csv (STS Benchmark) or SICK.txt; scores on the file's scale, normalized by mteb with min/max_score."""
 
+    size_unit = "pairs"
+
     def read_files(self, path: Path):
         return load_sts(path, self.local_split, self.local_limit)
+
+    def size(self, dataset) -> int:
+        return len(dataset[self.local_split])
 
 
 class LocalClassificationTask(LocalTask, AbsTaskClassification):
     """train.csv + test.csv (text, category), rows in file order (mteb's undersampling depends on it)."""
 
+    size_unit = "test rows"  # the classifier's train rows are cut too (4x), but accuracy is over these
+
     def read_files(self, path: Path):
         return load_classification(path, self.local_split, self.local_limit)
+
+    def size(self, dataset) -> int:
+        return len(dataset[self.local_split])
 
 
 class LocalBitextTask(LocalTask, AbsTaskBitextMining):
@@ -120,6 +143,13 @@ class LocalBitextTask(LocalTask, AbsTaskBitextMining):
         if self.parallel_subsets:
             return load_flores(path, self.local_split, self.hf_subsets, self.local_limit)
         return load_tatoeba(path, self.local_split, self.hf_subsets, self.local_limit)
+
+    size_unit = "pairs per language"
+
+    def size(self, dataset) -> int:
+        if self.parallel_subsets:  # one table, a column per language
+            return len(dataset[self.local_split])
+        return max(len(languages[self.local_split]) for languages in dataset.values())
 
 
 TASK_CLASSES: dict[str, type[LocalTask]] = {

@@ -1,17 +1,27 @@
-"""The `synthembed generate` and `synthembed stats` commands: their arguments, and the calls into the pipeline and the
-statistics (cli.py's COMMANDS convention: `configure_<name>_parser` and `run_<name>_command` per command).
+"""The generation stage's entry points: the `synthembed generate` and `synthembed stats` commands (cli.py's COMMANDS
+convention: `configure_<name>_parser` and `run_<name>_command` per command), and `open_endpoint`, the notebooks' choice
+of LLM endpoint.
 
     synthembed generate --out runs/gen --model gpt-4o-mini --tasks-per-type 4 --examples-per-task 3 --max-cost 2
     synthembed generate --out runs/gen                  # resume: settings and endpoint come from its config.json
     synthembed stats runs/gen --plots runs/gen/plots
+
+    with open_endpoint("llama-cpp", model="Qwen/Qwen2.5-Coder-0.5B-Instruct") as endpoint:     # or "loopback", "openai"
+        generate("runs/gen", GenerateConfig(model="Qwen/Qwen2.5-Coder-0.5B-Instruct"), **endpoint.generate_options(16))
+
+open_endpoint lives here, with the commands, because it joins two parts that do not know each other (the layering of
+docs/design.md): the loopback stand-in of testing/ and the llama.cpp server of generation/.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import SynthembedError
 from ..taskgroups import TASK_TYPES
@@ -21,6 +31,9 @@ from .cache import ResponseCache
 from .pipeline import AUTO_WORKERS_CONCURRENCY, generate
 from .plan import GenerateConfig
 from .stats import format_stats, load_stats
+
+if TYPE_CHECKING:
+    from ..testing.loopback import Faults
 
 
 def configure_generate_parser(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +49,10 @@ def configure_generate_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--languages", default=None, help="comma list of languages, or 'paper' for the 93 with the paper's weights")
     parser.add_argument("--seed", type=int, default=None, help="seed of the plan (default 0)")
     parser.add_argument("--max-tokens", type=int, default=None, help="max tokens per reply (default: the server's)")
+    parser.add_argument("--length-tolerance", type=float, default=None,
+                        help="keep a text within this factor of the length its prompt asked for (default 2; 0: no "
+                             "length check, for small models that write short). To judge a run again at another "
+                             "tolerance: a new --out with --backend replay --cache OLD/cache.sqlite (nothing is sent)")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight at once (openai backend)")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per generate() call (transformers backend)")
     parser.add_argument("--max-cost", type=float, default=None, help="stop sending requests once this many USD are spent")
@@ -62,7 +79,7 @@ def _resolve_config(args: argparse.Namespace) -> GenerateConfig:
         base = json.loads(meta) if meta else {}
     explicit = {"model": args.model, "task_types": args.task_types, "tasks_per_type": args.tasks_per_type,
                 "examples_per_task": args.examples_per_task, "languages": args.languages, "seed": args.seed,
-                "max_tokens": args.max_tokens}
+                "max_tokens": args.max_tokens, "length_tolerance": args.length_tolerance}
     base.update({k: v for k, v in explicit.items() if v is not None})
     allowed = set(GenerateConfig.__dataclass_fields__)
     return GenerateConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in base.items() if k in allowed})
@@ -103,3 +120,81 @@ def run_stats_command(args: argparse.Namespace) -> int:
         for path in written:
             print(f"wrote {path}")
     return 0
+
+
+# --- the notebooks' LLM endpoint ---------------------------------------------------------------------------------------
+
+LLM_CHOICES = ("auto", "loopback", "openai", "llama-cpp")
+
+
+@dataclass
+class Endpoint:
+    """Where a notebook's requests go: `base_url` (None: OpenAI's own), whether it is the stand-in, how many requests it
+    serves well at once (None: as many as asked) and how long one may take, queueing included. Close it when done (or
+    use it in a `with`): that stops a server it started."""
+
+    base_url: str | None
+    stand_in: bool
+    max_concurrency: int | None = None
+    timeout: float = 120.0
+    closer: Callable[[], None] | None = None
+
+    def concurrency(self, asked: int) -> int:
+        return min(asked, self.max_concurrency) if self.max_concurrency else asked
+
+    def generate_options(self, concurrency: int) -> dict[str, Any]:
+        """pipeline.generate's keyword arguments that say where requests go and how hard to push."""
+        return {"base_url": self.base_url, "concurrency": self.concurrency(concurrency), "timeout": self.timeout,
+                "backoff": 0.1 if self.stand_in else 1.0, "stand_in": self.stand_in}
+
+    def backend(self, concurrency: int = 8):
+        """An openai backend for this endpoint (notebook 01 sends its few requests through it)."""
+        from .backends import OpenAIBackend
+
+        return OpenAIBackend(base_url=self.base_url, concurrency=self.concurrency(concurrency), timeout=self.timeout)
+
+    def close(self) -> None:
+        if self.closer is not None:
+            self.closer()
+            self.closer = None
+
+    def __enter__(self) -> Endpoint:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def open_endpoint(llm: str = "auto", faults: Faults | None = None, seed: int = 0, model: str | None = None,
+                  n_ctx: int = 4096, n_threads: int | None = None) -> Endpoint:
+    """The LLM endpoint for the notebooks:
+    - "loopback" starts the stand-in (testing/loopback.py; `faults` are its scripted faults);
+    - "openai" uses OPENAI_API_KEY / OPENAI_BASE_URL;
+    - "llama-cpp" starts llama-cpp-python's server for `model` (a .gguf path, or a name or hub id whose GGUF get-models
+      fetched; llama_server.py) and answers to that name; no API key is needed;
+    - "auto" is "openai" when OPENAI_API_KEY or OPENAI_BASE_URL is set, else "loopback".
+
+    >>> endpoint = open_endpoint("loopback"); endpoint.stand_in
+    True
+    >>> endpoint.close()
+    """
+    if llm == "auto":
+        llm = "openai" if os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL") else "loopback"
+    if llm == "loopback":
+        from ..testing.loopback import LoopbackServer
+
+        server = LoopbackServer(faults=faults, seed=seed).start()
+        return Endpoint(server.base_url, True, closer=server.stop)
+    if llm == "openai":
+        if not (os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL")):
+            raise SynthembedError("llm='openai' needs OPENAI_API_KEY or OPENAI_BASE_URL in the environment")
+        return Endpoint(os.environ.get("OPENAI_BASE_URL") or None, False)
+    if llm == "llama-cpp":
+        from .llama_server import SERVER_CONCURRENCY, LlamaServer
+
+        if not model:
+            raise SynthembedError("llm='llama-cpp' needs a model: a .gguf path, or a name or hub id get-models fetches")
+        server = LlamaServer(model, alias=model, n_ctx=n_ctx, n_threads=n_threads).start()
+        # Requests queue behind the one being answered: allow for a whole reply's wait before giving up on one.
+        return Endpoint(server.base_url, False, max_concurrency=SERVER_CONCURRENCY, timeout=600.0, closer=server.close)
+    raise SynthembedError(f"llm must be one of {', '.join(map(repr, LLM_CHOICES))}, not {llm!r}")

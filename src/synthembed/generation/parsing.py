@@ -324,7 +324,10 @@ class Verdict:
     detail: str = ""
 
 
-LENGTH_TOLERANCE = 2.0  # a text passes within a factor 2 of a length the prompt asked for: models count words loosely
+# A text passes within this factor of a length the prompt asked for: models count words loosely. Small models write
+# far shorter texts than asked (a 0.5B model answers "at least 300 words" with 20 to 80), so a run may loosen it
+# (GenerateConfig.length_tolerance; 0 switches the length check off).
+LENGTH_TOLERANCE = 2.0
 _PYDANTIC_REASONS = {"missing": "missing_field", "string_too_short": "empty_field"}
 
 
@@ -332,8 +335,10 @@ def _normalised(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
-def validate_example(task_type: str, obj: Any, placeholders: dict[str, Any] | None = None) -> Verdict:
-    """Check one parsed reply: the group's schema, distinct texts, the length rules, then the language of each text.
+def validate_example(task_type: str, obj: Any, placeholders: dict[str, Any] | None = None,
+                     length_tolerance: float = LENGTH_TOLERANCE) -> Verdict:
+    """Check one parsed reply: the group's schema, distinct texts, the length rules (within a factor
+    `length_tolerance` of the asked-for length; 0: not checked), then the language of each text.
 
     >>> validate_example("short-short", {"input": "cat", "positive_document": "cat"}, {"language": "English"}).reason
     'identical_texts'
@@ -351,11 +356,11 @@ def validate_example(task_type: str, obj: Any, placeholders: dict[str, Any] | No
     for left, right in group.distinct_fields:
         if _normalised(fields[left]) == _normalised(fields[right]):
             return Verdict(False, "identical_texts", f"{left} and {right} are the same text")
-    for name, low, high in group.length_rules(placeholders):
+    for name, low, high in group.length_rules(placeholders) if length_tolerance else ():
         words = word_count(fields[name])
-        if low is not None and words * LENGTH_TOLERANCE < low:
+        if low is not None and words * length_tolerance < low:
             return Verdict(False, "too_short", f"{name} has {words} words; at least {low} were asked for")
-        if high is not None and words > high * LENGTH_TOLERANCE:
+        if high is not None and words > high * length_tolerance:
             return Verdict(False, "too_long", f"{name} has {words} words; fewer than {high} were asked for")
     for name, language_key in group.language_fields:
         language = placeholders.get(language_key)
@@ -400,7 +405,7 @@ def reply_problem(text: str | None, finish_reason: str = "stop", refusal: str | 
 
 
 def judge(task_type: str, text: str | None, finish_reason: str, refusal: str | None,
-          placeholders: dict[str, Any]) -> tuple:
+          placeholders: dict[str, Any], length_tolerance: float = LENGTH_TOLERANCE) -> tuple:
     """Parse and validate one generation reply: ("reject", reason, detail) or ("ok", fields, (query, positive, negative)).
 
     A pure function of the reply, so it can run in a worker process.
@@ -415,7 +420,7 @@ def judge(task_type: str, text: str | None, finish_reason: str, refusal: str | N
         obj = parse_json_object(text)
     except ParseError as err:
         return ("reject", err.reason, err.detail)
-    verdict = validate_example(task_type, obj, placeholders)
+    verdict = validate_example(task_type, obj, placeholders, length_tolerance)
     if not verdict.ok:
         return ("reject", verdict.reason or "invalid", verdict.detail)
     return ("ok", obj, to_example_fields(task_type, obj))

@@ -128,7 +128,8 @@ class _Run:
         if planned.request_id in self.done:
             return
         if judged is None:
-            judged = judge(planned.task_type, response.text, response.finish_reason, response.refusal, planned.placeholders)
+            judged = judge(planned.task_type, response.text, response.finish_reason, response.refusal, planned.placeholders,
+                           self.config.length_tolerance)
         if judged[0] == "reject":
             self.reject(planned, judged[1], judged[2], response)
             return
@@ -226,7 +227,8 @@ class _Run:
         """A future of judge(answer): in a worker process when there is a pool, else already done; None for a failure."""
         if isinstance(answer, LLMError):
             return None
-        args = (planned.task_type, answer.text, answer.finish_reason, answer.refusal, planned.placeholders)
+        args = (planned.task_type, answer.text, answer.finish_reason, answer.refusal, planned.placeholders,
+                self.config.length_tolerance)
         if self.pool is not None:
             return loop.run_in_executor(self.pool, judge, *args)
         future = loop.create_future()

@@ -21,6 +21,7 @@ from ..errors import SynthembedError
 from ..languages import parse_languages
 from ..taskgroups import ASYMMETRIC_TASK_TYPES, TASK_GROUP, TASK_TYPES
 from .llm import ChatRequest
+from .parsing import LENGTH_TOLERANCE
 from .prompts import Prompt, brainstorm_prompt, generation_prompt, sample_placeholders
 
 TASKS_PER_BRAINSTORM = 20  # what the brainstorm prompt asks for ("about 20")
@@ -28,7 +29,13 @@ TASKS_PER_BRAINSTORM = 20  # what the brainstorm prompt asks for ("about 20")
 
 @dataclass
 class GenerateConfig:
-    """Everything that decides which requests a run sends; a resumed run must match it exactly."""
+    """Everything that decides which requests a run sends and which replies it keeps; a resumed run must match it
+    exactly, so that one run's examples and rejects all come from one rule.
+
+    `length_tolerance` decides only the verdict on a reply, never a request: a run judged again at another tolerance
+    goes to a new --out and answers every request from the first run's response cache (`--backend replay --cache
+    OLD/cache.sqlite`), nothing sent twice.
+    """
 
     model: str = "gpt-4o-mini"
     task_types: tuple[str, ...] = TASK_TYPES
@@ -39,6 +46,7 @@ class GenerateConfig:
     temperature: float = 1.0  # the paper's sampling settings (section 3.1)
     top_p: float = 1.0
     max_tokens: int | None = None
+    length_tolerance: float = LENGTH_TOLERANCE  # a text passes within this factor of the asked-for length; 0: unchecked
 
     def __post_init__(self) -> None:
         if isinstance(self.task_types, str):
@@ -58,11 +66,16 @@ class GenerateConfig:
             setattr(self, name, int(getattr(self, name)))
         if not self.model:
             raise SynthembedError("a model name is needed (--model)")
+        self.length_tolerance = float(self.length_tolerance)
+        if self.length_tolerance != 0 and self.length_tolerance < 1:
+            raise SynthembedError(f"length_tolerance must be 0 (no length check) or at least 1, got {self.length_tolerance}")
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["task_types"] = list(self.task_types)
         d["languages"] = list(self.languages)
+        if self.length_tolerance == LENGTH_TOLERANCE:
+            del d["length_tolerance"]  # runs from before the setting recorded none: the default keeps them resumable
         return d
 
     @property

@@ -266,43 +266,6 @@ def _error(message: str, code: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": code, "param": None, "code": code}}
 
 
-@dataclass
-class Endpoint:
-    """Where a notebook's requests go: `base_url` (None: OpenAI's own), and whether it is the stand-in."""
-
-    base_url: str | None
-    stand_in: bool
-    server: LoopbackServer | None = None
-
-    def close(self) -> None:
-        if self.server is not None:
-            self.server.stop()
-
-
-def open_endpoint(llm: str = "auto", faults: Faults | None = None, seed: int = 0) -> Endpoint:
-    """The LLM endpoint for the notebooks: "loopback" starts the stand-in; "openai" uses OPENAI_API_KEY /
-    OPENAI_BASE_URL; "auto" is "openai" when either is set, else "loopback".
-
-    >>> endpoint = open_endpoint("loopback"); endpoint.stand_in
-    True
-    >>> endpoint.close()
-    """
-    import os
-
-    from ..errors import SynthembedError
-
-    if llm == "auto":
-        llm = "openai" if os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL") else "loopback"
-    if llm == "loopback":
-        server = LoopbackServer(faults=faults, seed=seed).start()
-        return Endpoint(server.base_url, True, server)
-    if llm == "openai":
-        if not (os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL")):
-            raise SynthembedError("llm='openai' needs OPENAI_API_KEY or OPENAI_BASE_URL in the environment")
-        return Endpoint(os.environ.get("OPENAI_BASE_URL") or None, False)
-    raise SynthembedError(f"llm must be 'auto', 'loopback' or 'openai', not {llm!r}")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Serve the loopback stand-in LLM (OpenAI chat-completions protocol).")
     parser.add_argument("--port", type=int, default=8000)
