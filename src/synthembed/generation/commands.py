@@ -46,6 +46,14 @@ def configure_generate_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks-per-type", type=int, default=None, help="brainstormed tasks per asymmetric group, and "
                         "instruction slots per symmetric group (default 4)")
     parser.add_argument("--examples-per-task", type=int, default=None, help="examples generated per task (default 2)")
+    parser.add_argument("--examples-per-group", default=None, metavar="GROUP=N,...",
+                        help="generation requests per group for the groups named, e.g. the paper's short-long=167000,"
+                             "long-short=122000,sts=99000,bitext=89000,long-long=17000,short-short=13000 (replaces "
+                             "tasks-per-type x examples-per-task there; spread over the tasks-per-type task slots)")
+    parser.add_argument("--model-shares", default=None, metavar="MODEL=SHARE,...",
+                        help="send each generation request to one of these models in proportion to its share (sum 1), "
+                             "e.g. the paper's gpt-4=0.75,gpt-3.5-turbo=0.25; the largest share also brainstorms "
+                             "(replaces --model)")
     parser.add_argument("--languages", default=None, help="comma list of languages, or 'paper' for the 93 with the paper's weights")
     parser.add_argument("--seed", type=int, default=None, help="seed of the plan (default 0)")
     parser.add_argument("--max-tokens", type=int, default=None, help="max tokens per reply (default: the server's)")
@@ -79,7 +87,8 @@ def _resolve_config(args: argparse.Namespace) -> GenerateConfig:
         base = json.loads(meta) if meta else {}
     explicit = {"model": args.model, "task_types": args.task_types, "tasks_per_type": args.tasks_per_type,
                 "examples_per_task": args.examples_per_task, "languages": args.languages, "seed": args.seed,
-                "max_tokens": args.max_tokens, "length_tolerance": args.length_tolerance}
+                "max_tokens": args.max_tokens, "length_tolerance": args.length_tolerance,
+                "examples_per_group": args.examples_per_group, "model_shares": args.model_shares}
     base.update({k: v for k, v in explicit.items() if v is not None})
     allowed = set(GenerateConfig.__dataclass_fields__)
     return GenerateConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in base.items() if k in allowed})

@@ -107,7 +107,7 @@ class _Run:
     def accept(self, planned: Planned, response: ChatResponse, obj: dict[str, Any], query: str, positive: str,
                negative: str | None) -> None:
         self.done.add(planned.request_id)
-        meta = ExampleMeta(placeholders=planned.placeholders, model=response.model or self.config.model,
+        meta = ExampleMeta(placeholders=planned.placeholders, model=response.model or planned.request.model,
                            prompt_sha256=planned.prompt_sha256, request_id=planned.request_id,
                            fenced=_is_fenced(response))
         example = Example(
@@ -166,7 +166,7 @@ class _Run:
         per_reply = TASKS_PER_BRAINSTORM // 2
         wave = []
         for t in self.config.brainstorm_groups:
-            missing = self.config.tasks_per_type - len(tasks[t])
+            missing = self.config.tasks_wanted(t) - len(tasks[t])
             count = min(-(-missing // per_reply), self.config.brainstorm_rounds - next_round[t]) if missing > 0 else 0
             wave += [brainstorm_plan(self.config, t, next_round[t] + i) for i in range(count)]
             next_round[t] += count
@@ -201,7 +201,7 @@ class _Run:
                 group = planned.task_type
                 for task in self._task_list(planned, answer):
                     key = normalize_text(task)
-                    if len(tasks[group]) >= self.config.tasks_per_type or key in seen[group]:
+                    if len(tasks[group]) >= self.config.tasks_wanted(group) or key in seen[group]:
                         continue
                     seen[group].add(key)
                     tasks[group].append(task)
@@ -220,7 +220,7 @@ class _Run:
         for p in plan:
             hit = cache.get(p.request) if p.request_id in self.done else None
             if hit is not None:
-                self.client.spent_before += cost_usd(hit.model or self.config.model, hit.prompt_tokens,
+                self.client.spent_before += cost_usd(hit.model or p.request.model, hit.prompt_tokens,
                                                      hit.completion_tokens, self.client.prices)
 
     def _judging(self, planned: Planned, answer: ChatResponse | LLMError, loop) -> asyncio.Future | None:
@@ -353,6 +353,9 @@ def generate(
     runtime = {"backend": backend_name, "base_url": rundir.safe_url(endpoint), "concurrency": concurrency,
                "max_cost": max_cost, "cache": str(cache_file), "timeout": timeout, "stand_in": stand_in,
                "workers": workers}
+    if backend == "transformers" and len(config.model_shares or {}) > 1:
+        raise SynthembedError("the transformers backend runs one local model; model_shares needs an endpoint that serves "
+                              "each of its models (--backend openai)")
     if isinstance(backend, str):  # before anything is written: a missing key leaves no half-made run behind
         backend = make_backend(backend, model=config.model if backend == "transformers" else None, base_url=base_url,
                                concurrency=concurrency, timeout=timeout, batch_size=batch_size,

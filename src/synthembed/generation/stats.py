@@ -35,7 +35,7 @@ def _usage_from_cache(config: GenerateConfig, plan: list[Planned], cache: Respon
         hit = cache.get(planned.request)
         if hit is None:
             continue
-        model = hit.model or config.model
+        model = hit.model or planned.request.model
         totals["fingerprints"].add(hit.system_fingerprint or "")
         totals[planned.stage] += 1
         totals["prompt"] += hit.prompt_tokens
@@ -61,6 +61,19 @@ def _by_task_type(config: GenerateConfig, plan: list[Planned], tasks: list[dict]
         rows[e["task_type"]]["accepted"] += 1
     for r in generation_rejects:
         rows[r["task_type"]]["rejected"] += 1
+    return rows
+
+
+def _by_model(plan: list[Planned], examples: list[dict]) -> dict[str, dict[str, int]]:
+    """Generation requests and accepted examples per model asked (model_shares spreads them over several)."""
+    model_of = {p.request_id: p.request.model for p in plan}
+    rows: dict[str, dict[str, int]] = {}
+    for model in model_of.values():
+        rows.setdefault(model, {"requests": 0, "accepted": 0})["requests"] += 1
+    for e in examples:
+        model = model_of.get(e["meta"].get("request_id"))
+        if model is not None:
+            rows[model]["accepted"] += 1
     return rows
 
 
@@ -109,6 +122,7 @@ def compute_stats(out: Path, config: GenerateConfig, plan: list[Planned], cache:
         "rejected": len(generation_rejects),
         "acceptance_rate": round(len(examples) / max(1, len(examples) + len(generation_rejects)), 4),
         "by_task_type": _by_task_type(config, plan, rundir.read_tasks(out), examples, generation_rejects),
+        "by_model": _by_model(plan, examples),
         "by_language": dict(Counter(e["language"] for e in examples).most_common()),
         "bitext_pairs": dict(bitext_pairs.most_common()),
         "rejections": dict(generation_reasons.most_common()),
@@ -152,6 +166,9 @@ def format_stats(stats: dict[str, Any]) -> str:
                  + (f" (stopped: {stats['stopped']})" if stats.get("stopped") else ""))
     lines.append(f"accepted {stats['accepted']}, rejected {stats['rejected']} "
                  f"(acceptance {100 * stats.get('acceptance_rate', 0):.1f}%)")
+    if len(stats.get("by_model", {})) > 1:
+        lines.append("by model: " + ", ".join(f"{m} {row['accepted']} of {row['requests']} requests"
+                                              for m, row in stats["by_model"].items()))
     lines.append("")
     lines.append(f"{'task group':<14}{'tasks':>7}{'accepted':>10}{'rejected':>10}")
     for t, row in stats["by_task_type"].items():
