@@ -149,7 +149,8 @@ def zero_lr_export(tiny_mistral, tmp_path_factory):
     write_jsonl(root / "examples.jsonl", rows)
     out = train(TrainArguments(
         data=[str(root / "examples.jsonl")], base_model=str(tiny_mistral), out=str(root / "run"), batch_size=4,
-        max_steps=1, max_len=48, lr=0.0, warmup_steps=0, save_every=0, progress=False, gradient_checkpointing=False,
+        max_steps=1, max_len=48, lr=1e-12, warmup_steps=0,  # lr must be > 0; 1e-12 moves nothing in float32
+        save_every=0, progress=False, gradient_checkpointing=False,
     ))  # fmt: skip
     return out / "merged"
 

@@ -27,7 +27,9 @@ PROFILES = ("smoke", "cpu", "default", "paper")
 # Parameters the study itself supplies to every notebook; each notebook's parameters cell must declare them.
 INJECTED = ("run_dir", "profile")
 # papermill records parameters inside the executed notebook, so nothing secret may ever be one.
-_SECRET = re.compile(r"(api_?key|secret|password|passwd|(^|_)token$)", re.IGNORECASE)  # not max_tokens
+# Parameter names that look like secrets: key (not passkey, the long-context task's), auth (not author), bearer, secret,
+# password, credential anywhere, and token as a word of its own (hf_token, not max_tokens or tokenizer).
+_SECRET = re.compile(r"(?<!pass)key|auth(?!ors?(_|$))|bearer|secret|passw|credential|(^|_)token($|_)", re.IGNORECASE)
 
 
 def notebooks_dir() -> Path:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SynthembedError
-from ..files import replace_atomic, write_json_atomic
+from ..files import check_writable, replace_atomic, write_json_atomic
 from ..model_config import read_model_config
 from ..paths import resolve_model_path
 
@@ -33,6 +34,17 @@ FILE_HASHES = "file_hashes.json"  # the remembered sha256 of model files, beside
 def default_cache_dir() -> Path:
     """$SYNTHEMBED_CACHE, else ~/.cache/synthembed: embeddings under embeddings/<model hash>/."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "synthembed").expanduser()
+
+
+def cache_writable(root: str | Path) -> bool:
+    """Whether embeddings can be cached under `root`; where not (a read-only home, a full disk), says so, and the
+    caller evaluates without the cache."""
+    try:
+        check_writable(Path(root) / "embeddings", "embedding cache")
+    except SynthembedError as err:
+        print(f"[evaluate] {err}; evaluating without the embedding cache", file=sys.stderr)
+        return False
+    return True
 
 
 # --- model identity ---------------------------------------------------------------------------------------------------
@@ -146,6 +158,7 @@ class EmbeddingCache:
         self.dir = Path(root) / "embeddings" / model_hash[:32]
         self.hits = 0
         self.misses = 0
+        self.read_only = False  # set when a write fails
 
     @staticmethod
     def key(texts: Sequence[str]) -> str:
@@ -168,12 +181,20 @@ class EmbeddingCache:
         return None
 
     def put(self, texts: Sequence[str], array: np.ndarray) -> None:
+        """Store `array` for `texts`; a failed write (the disk filled up mid-run) turns storing off, with a message,
+        instead of failing an evaluation whose embeddings are already computed."""
         self.misses += 1
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.read_only:
+            return
         path = self.dir / f"{self.key(texts)}.npy"
 
         def save(tmp: Path) -> None:
             with tmp.open("wb") as handle:  # a handle, not a name: np.save would append ".npy" to the name
                 np.save(handle, array)
 
-        replace_atomic(path, save)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            replace_atomic(path, save)
+        except OSError as err:
+            self.read_only = True
+            print(f"[evaluate] cannot write the embedding cache {self.dir} ({err}); not caching further", file=sys.stderr)

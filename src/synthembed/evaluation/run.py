@@ -18,16 +18,25 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SynthembedError
-from ..files import write_json_atomic
+from ..files import check_writable, without_non_finite, write_json_atomic
 from ..model_config import SYNTHEMBED_CONFIG, read_model_config
 from ..paths import resolve_model_path
-from .cache import EmbeddingCache, default_cache_dir, model_dirs, model_fingerprint, read_file_hashes, write_file_hashes
+from .cache import (
+    EmbeddingCache,
+    cache_writable,
+    default_cache_dir,
+    model_dirs,
+    model_fingerprint,
+    read_file_hashes,
+    write_file_hashes,
+)
 from .tables import averages
 from .task_files import detect_kind, kind_of
 
@@ -89,6 +98,7 @@ def evaluate_model(
     resolved = task_objects + (resolve_tasks(names, data_dir, limit=limit, languages=languages) if names else [])
 
     cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
+    use_cache = use_cache and cache_writable(cache_root)  # else says so: a cache is a speed-up, never a reason to fail
     load_kwargs = {"pooling": pooling, "max_len": max_len, "device": device}
     embedder, model_hash = _embedder_and_fingerprint(model, embedder, load_kwargs, use_cache, cache_root)
     with_instructions = instructions == "on" or (instructions == "auto" and uses_instructions(model, embedder))
@@ -112,9 +122,26 @@ def evaluate_model(
         "embedding_cache": {"hits": cache.hits, "misses": cache.misses} if cache else None,
         "seconds": round(time.perf_counter() - start, 2),
     }
+    _note_non_finite(results)
     if out is not None:
-        write_json_atomic(out, results)
+        write_json_atomic(out, results)  # NaN written as null: bare NaN is not JSON
     return results
+
+
+def _note_non_finite(results: dict[str, Any]) -> None:
+    """Record (and say) which scores are NaN or infinite: the file writes them as null, and a reader should know why
+    rather than see a score vanish. The returned results keep the floats, so arithmetic on them still works."""
+    where = without_non_finite(results)[1]
+    if not where:
+        return
+    results["non_finite_scores"] = {
+        "where": where,
+        "written_as": None,
+        "why": "mteb returned NaN (or infinity): usually a correlation over identical similarities, i.e. a model that "
+        "gives every text the same embedding; JSON has no NaN, so the results file holds null there",
+    }
+    print(f"[evaluate] warning: scores that are not numbers (NaN), written as null: {', '.join(where[:5])}"
+          + (", ..." if len(where) > 5 else ""), file=sys.stderr)  # fmt: skip
 
 
 def _check_arguments(instructions: str, out, overwrite: bool, data_dir) -> Path | None:
@@ -127,6 +154,7 @@ def _check_arguments(instructions: str, out, overwrite: bool, data_dir) -> Path 
             raise SynthembedError(f"{out} exists; pass --overwrite to replace it")
         if out.exists() and out.is_dir():
             raise SynthembedError(f"{out} is a directory; --out names the JSON file to write")
+        check_writable(out, "--out")  # now, not after every task has run
     if data_dir is not None and not Path(data_dir).is_dir():
         raise SynthembedError(f"data directory {data_dir} does not exist")
     return out

@@ -13,6 +13,7 @@ type; MTEB_KINDS translates.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -108,14 +109,51 @@ def spread(rows: list, n: int) -> list:
     return [rows[(i * len(rows)) // n] for i in range(n)]
 
 
+def refuse_empty(texts: Iterable[tuple[str, str]], file: Path, what: str) -> None:
+    """A SynthembedError naming `file` and the first few labels of the (label, text) pairs whose text is empty: mteb
+    would embed "" like any text and score the task, quietly, lower.
+
+    >>> refuse_empty([("q1", "a"), ("q2", " ")], Path("queries.jsonl"), "queries")
+    Traceback (most recent call last):
+    synthembed.errors.SynthembedError: queries.jsonl: 1 empty queries (q2)
+    """
+    empty = [label for label, text in texts if not text.strip()]
+    if empty:
+        raise SynthembedError(f"{file}: {len(empty)} empty {what} ({_first(empty)})")
+
+
+def _first(labels: list[str], n: int = 5) -> str:
+    return ", ".join(labels[:n]) + (", ..." if len(labels) > n else "")
+
+
+def check_retrieval(path: Path, split: str, corpus: dict, queries: dict, qrels: dict) -> None:
+    """Refuse BEIR files that would score without error but mean nothing: no documents, empty texts, and judgements
+    naming a query or a relevant document that is not in the files (the documents to find would be missing, so every
+    model scores lower, down to 0). A judgement of score 0 naming a missing document changes no score and is allowed."""
+    qrels_file = path / "qrels" / f"{split}.tsv"
+    if not corpus:
+        raise SynthembedError(f"{path / 'corpus.jsonl'}: no documents")
+    if not queries:
+        raise SynthembedError(f"{path}: no query in queries.jsonl has judgements in qrels/{split}.tsv")
+    unknown = [qid for qid in qrels if qid not in queries]
+    if unknown:
+        raise SynthembedError(f"{qrels_file}: {len(unknown)} judged queries are not in queries.jsonl ({_first(unknown)})")
+    missing = sorted({did for judged in qrels.values() for did, score in judged.items() if score > 0 and did not in corpus})
+    if missing:
+        raise SynthembedError(
+            f"{qrels_file}: {len(missing)} relevant documents are not in corpus.jsonl ({_first(missing)})"
+        )
+    refuse_empty(((did, doc["title"] + doc["text"]) for did, doc in corpus.items()), path / "corpus.jsonl", "documents")
+    refuse_empty(queries.items(), path / "queries.jsonl", "queries")
+
+
 def load_retrieval(path: Path, split: str, limit: int | None) -> dict[str, Any]:
     """{"default": {split: RetrievalSplitData}}; with `limit`, the first `limit` queries and a corpus cut to their
     relevant documents plus the first 20 * limit others (small, fast, still a real ranking problem)."""
     from datasets import Dataset
 
     corpus, queries, qrels = read_beir(path, split=split)
-    if not queries:
-        raise SynthembedError(f"{path}: no query in queries.jsonl has judgements in qrels/{split}.tsv")
+    check_retrieval(path, split, corpus, queries, qrels)
     if limit:
         keep = list(queries)[:limit]
         queries = {qid: queries[qid] for qid in keep}
@@ -153,6 +191,8 @@ def load_sts(path: Path, split: str, limit: int | None):
         rows = spread(rows, limit)
     if not rows:
         raise SynthembedError(f"{_sts_file(path)}: no sentence pairs")
+    sentences = [(f"pair {i + 1}", text) for i, (s1, s2, _) in enumerate(rows) for text in (s1, s2)]
+    refuse_empty(sentences, _sts_file(path), "sentences")
     s1, s2, scores = zip(*rows, strict=True)
     return DatasetDict(
         {split: Dataset.from_dict({"sentence1": list(s1), "sentence2": list(s2), "score": list(scores)})}
@@ -174,6 +214,8 @@ def load_classification(path: Path, split: str, limit: int | None):
             raise SynthembedError(f"{path} is not a classification folder: {needed} is missing")
     train = read_classification(path / "train.csv")
     test = read_classification(path / f"{split}.csv")
+    for name, rows in (("train.csv", train), (f"{split}.csv", test)):
+        refuse_empty(((f"row {i + 1}", text) for i, (text, _) in enumerate(rows)), path / name, "texts")
     if limit:
         train, test = spread(train, 4 * limit), spread(test, limit)
     if not train or not test:
@@ -218,7 +260,11 @@ def load_tatoeba(path: Path, split: str, subsets: list[str], limit: int | None):
     pairs = read_tatoeba(path)
     dataset = {}
     for subset in subsets:
-        left, right = pairs[subset.split("-")[0]]
+        lang = subset.split("-")[0]
+        left, right = pairs[lang]
+        for side, sentences in ((lang, left), ("eng", right)):
+            lines = ((f"line {i + 1}", text) for i, text in enumerate(sentences))
+            refuse_empty(lines, path / f"tatoeba.{lang}-eng.{side}", "sentences")
         if limit:
             left, right = left[:limit], right[:limit]
         dataset[subset] = DatasetDict({split: Dataset.from_dict({"sentence1": left, "sentence2": right})})
@@ -231,5 +277,8 @@ def load_flores(path: Path, split: str, subsets: list[str], limit: int | None):
 
     sentences = read_flores(flores_dir(path), split="devtest")
     needed = sorted({lang for subset in subsets for lang in subset.split("-")})
+    for lang in needed:
+        lines = ((f"line {i + 1}", text) for i, text in enumerate(sentences[lang]))
+        refuse_empty(lines, flores_dir(path) / f"{lang}.devtest", "sentences")
     columns = {lang: sentences[lang][:limit] if limit else sentences[lang] for lang in needed}
     return DatasetDict({split: Dataset.from_dict(columns)})

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import SynthembedError
 from ..taskgroups import MARKER_HEADER
-from .llm import CacheMiss, ChatRequest, ChatResponse, LLMError, RetryableError
+from .llm import CacheMiss, ChatRequest, ChatResponse, LLMError, RetryableError, redact
 
 BACKENDS = ("openai", "transformers", "replay")
 
@@ -47,6 +47,31 @@ def _retry_after_seconds(headers: Any) -> float | None:
     except ValueError:
         parsed = email.utils.parsedate_to_datetime(value)
         return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def _chat_response(reply: Any, request: ChatRequest) -> ChatResponse:
+    """The ChatResponse of a chat.completion. A 200 whose body is not one (an HTML page from a proxy, no `choices`, a
+    null message) is a transient fault of this request, retried and then counted, never the end of the run; the
+    openai client hands such bodies over unvalidated (a str, a list, a half-built object)."""
+    choices = getattr(reply, "choices", None)
+    if not isinstance(choices, list) or not choices:
+        raise RetryableError(f"response without choices (got {type(reply).__name__})", "bad_response")
+    choice = choices[0]
+    message = getattr(choice, "message", None)
+    content = getattr(message, "content", None)
+    refusal = getattr(message, "refusal", None)
+    if message is None or not isinstance(content, str | None) or not isinstance(refusal, str | None):
+        raise RetryableError("response without a message", "bad_response")
+    usage = getattr(reply, "usage", None)
+    return ChatResponse(
+        text=content,
+        finish_reason=getattr(choice, "finish_reason", None) or "stop",
+        refusal=refusal,
+        prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+        completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+        model=getattr(reply, "model", None) or request.model,
+        system_fingerprint=getattr(reply, "system_fingerprint", None),
+    )
 
 
 class OpenAIBackend:
@@ -74,6 +99,7 @@ class OpenAIBackend:
                 )
             api_key = "no-key"  # local servers ignore it; the client insists on one
         self.base_url = base_url
+        self._api_key = api_key  # only to redact it from error messages
         self._openai = openai
         self._client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout)
 
@@ -100,28 +126,19 @@ class OpenAIBackend:
         except openai.APIConnectionError as err:
             raise RetryableError(f"connection failed: {err}", "connection") from None
         except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as err:
-            # Every later request would fail the same way: stop the run with a clear message (never echoing the key).
-            raise SynthembedError(f"the endpoint refused the request ({err.status_code}): {err.message}") from None
+            # Every later request would fail the same way: stop the run with a clear message. The body may echo the
+            # key ("Incorrect API key provided: sk-..."), so it is redacted.
+            raise SynthembedError(redact(f"the endpoint refused the request ({err.status_code}): {err.message}",
+                                         self._api_key)) from None
         except openai.APIStatusError as err:
             if err.status_code >= 500 or err.status_code in (408, 409):
                 raise RetryableError(f"server error {err.status_code}", "server_error",
                                      _retry_after_seconds(err.response.headers)) from None
-            raise LLMError(f"request rejected ({err.status_code}): {err.message}", f"http_{err.status_code}") from None
-        except openai.APIResponseValidationError as err:
-            raise RetryableError(f"malformed response body: {err}", "bad_response") from None
-        if not reply.choices:
-            raise RetryableError("response without choices", "bad_response")
-        choice = reply.choices[0]
-        usage = reply.usage
-        return ChatResponse(
-            text=choice.message.content,
-            finish_reason=choice.finish_reason or "stop",
-            refusal=getattr(choice.message, "refusal", None),
-            prompt_tokens=(usage.prompt_tokens or 0) if usage else 0,
-            completion_tokens=(usage.completion_tokens or 0) if usage else 0,
-            model=reply.model or request.model,
-            system_fingerprint=getattr(reply, "system_fingerprint", None),
-        )
+            raise LLMError(redact(f"request rejected ({err.status_code}): {err.message}", self._api_key),
+                           f"http_{err.status_code}") from None
+        except (openai.APIResponseValidationError, ValueError) as err:  # ValueError: a 200 whose body is not JSON
+            raise RetryableError(redact(f"malformed response body: {err}"[:300], self._api_key), "bad_response") from None
+        return _chat_response(reply, request)
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -7,8 +7,9 @@
     responses = client.run([ChatRequest("gpt-4o-mini", [{"role": "user", "content": "Hi"}])])
 
 `LLMClient` puts the cache in front of a backend (a rerun costs nothing, a killed run resumes), bounds concurrency,
-retries with backoff (honouring Retry-After on 429), counts tokens and cost, and stops cleanly at `max_cost`.
-The API key is held by the openai client only: it is not part of a request, a cache row, or any stats.
+retries with backoff (honouring Retry-After up to MAX_RETRY_AFTER seconds), counts tokens and cost, and stops cleanly at
+`max_cost`. The API key is held by the openai client only: it is not part of a request, a cache row, or any stats, and
+every LLMError's message has it (and anything that looks like a key) redacted.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import random
+import re
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -27,13 +30,48 @@ from .cost import PRICES, Usage, cost_usd, price_of
 # The paper samples with temperature 1.0 and top_p 1.0 (section 3.1).
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_TOP_P = 1.0
+# The longest wait a server's Retry-After is honoured for: a provider that asks for minutes (a quota window) gets them,
+# while a nonsense header ("retry in a day") cannot stall the run; the backoff is still capped at max_backoff.
+MAX_RETRY_AFTER = 300.0
+
+# Bearer values and OpenAI-style keys (sk-..., sk-proj-...): an error body may echo the Authorization header.
+_SECRET_TOKENS = re.compile(r"(?i)\bbearer\s+[^\s\"',;]+|\bsk-[A-Za-z0-9_\-]{6,}")
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """`text` with each given secret, OPENAI_API_KEY, and anything shaped like a key or Bearer value replaced by "***".
+
+    >>> redact("401: invalid key Bearer sk-abc123def456 for org x")
+    '401: invalid key *** for org x'
+    """
+    for secret in (*secrets, os.environ.get("OPENAI_API_KEY")):
+        if secret and len(secret) >= 4:  # a one-letter "key" would blank out every such letter of the message
+            text = text.replace(secret, "***")
+    return _SECRET_TOKENS.sub("***", text)
+
+
+def valid_unicode(text: str | None) -> str | None:
+    """`text` with lone UTF-16 surrogates replaced by U+FFFD, the only form that UTF-8 (SQLite, JSON lines) can hold; a
+    JSON reply can carry one (the escape "\\ud800" alone decodes to it). A split pair is joined back into its character.
+
+    >>> valid_unicode("ok " + chr(0xD800)) == "ok \\ufffd"
+    True
+    """
+    if text is None or text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 class LLMError(Exception):
-    """A request that failed for good (after retries, or not retryable). `kind` names why, for stats."""
+    """A request that failed for good (after retries, or not retryable). `kind` names why, for stats. The message is
+    redacted (see `redact`): it may quote an error body, which may echo the API key."""
 
     def __init__(self, message: str, kind: str = "error"):
-        super().__init__(message)
+        super().__init__(redact(str(message)))
         self.kind = kind
 
 
@@ -101,6 +139,12 @@ class ChatResponse:
     retries: dict[str, int] = field(default_factory=dict)
     system_fingerprint: str | None = None  # the loopback stand-in signs its answers "loopback-stand-in"
 
+    def __post_init__(self) -> None:
+        # Whatever a backend decoded, the text must be storable: a lone surrogate would crash the cache write (and,
+        # being cached nowhere, every rerun the same way).
+        self.text = valid_unicode(self.text)
+        self.refusal = valid_unicode(self.refusal)
+
 
 class Cache(Protocol):
     """What the client needs of a response cache (cache.ResponseCache is the one in use)."""
@@ -163,8 +207,8 @@ class LLMClient:
                 if attempt == self.max_retries:
                     raise LLMError(f"gave up after {attempt + 1} attempts: {err}", err.kind) from None
                 delay = min(self.max_backoff, self.backoff * 2**attempt) * (0.5 + 0.5 * self._rng.random())
-                if err.retry_after is not None:  # the server said when: wait that long, not less
-                    delay = min(self.max_backoff, max(delay, err.retry_after))
+                if err.retry_after is not None:  # the server said when: wait that long (up to MAX_RETRY_AFTER), not less
+                    delay = max(delay, min(err.retry_after, MAX_RETRY_AFTER))
                 await asyncio.sleep(delay)
                 continue
             for r in responses:

@@ -24,11 +24,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..languages import iso_code, word_count
+from .llm import valid_unicode
 from .prompts import checked_group
 
 REASONS = (
     "empty", "invalid_json", "not_an_object", "not_a_list",  # parsing
-    "missing_field", "wrong_type", "empty_field", "identical_texts", "too_short", "too_long", "wrong_language",  # checks
+    "missing_field", "wrong_type", "empty_field", "control_characters", "identical_texts", "too_short", "too_long",
+    "wrong_language",  # checks
 )  # fmt: skip
 
 
@@ -200,7 +202,8 @@ _TASK_KEYS = ("task", "task_definition", "definition", "description", "instructi
 
 
 def _clean_task(item: str) -> str:
-    item = " ".join(item.replace("**", "").split())
+    # a lone surrogate ("\\ud800" in the JSON) cannot be written to tasks.jsonl nor hashed into a request's key
+    item = " ".join(valid_unicode(item).replace("**", "").split())
     item = item.rstrip(",").strip()
     if len(item) >= 2 and item[0] in _DOUBLE_QUOTES | _SINGLE_QUOTES and item[-1] in _DOUBLE_QUOTES | _SINGLE_QUOTES:
         item = item[1:-1].strip()
@@ -331,6 +334,12 @@ LENGTH_TOLERANCE = 2.0
 _PYDANTIC_REASONS = {"missing": "missing_field", "string_too_short": "empty_field"}
 
 
+def _bad_character(text: str) -> str | None:
+    """The first control character (other than newline, tab, carriage return) or lone surrogate in `text`, else None:
+    such texts come from a broken reply, and a lone surrogate cannot even be written to examples.jsonl."""
+    return next((c for c in text if c not in "\n\t\r" and unicodedata.category(c) in ("Cc", "Cs")), None)
+
+
 def _normalised(text: str) -> str:
     return " ".join(text.casefold().split())
 
@@ -347,6 +356,10 @@ def validate_example(task_type: str, obj: Any, placeholders: dict[str, Any] | No
     placeholders = placeholders or {}
     if not isinstance(obj, dict):
         return Verdict(False, "not_an_object", f"expected a JSON object, got {type(obj).__name__}")
+    for name in group.fields:  # before the schema, which would call a lone surrogate a "wrong_type"
+        bad = _bad_character(obj[name]) if isinstance(obj.get(name), str) else None
+        if bad is not None:
+            return Verdict(False, "control_characters", f"{name} holds the control character U+{ord(bad):04X}")
     try:
         fields = group.schema().model_validate(obj).model_dump()
     except ValidationError as err:

@@ -36,7 +36,7 @@ from ..taskgroups import TASK_TYPES
 from . import rundir
 from .backends import make_backend
 from .cache import ResponseCache
-from .cost import cost_usd, load_prices
+from .cost import cost_usd, load_prices, price_of
 from .dedup import Deduplicator, normalize_text
 from .llm import ChatResponse, LLMClient, LLMError, run_async
 from .parsing import ParseError, judge, parse_task_list, reply_problem
@@ -266,6 +266,23 @@ class _Run:
         return plan
 
 
+def check_budget(max_cost: float | None, models: list[str], prices: dict, paid: bool) -> None:
+    """Refuse a budget that cannot work: negative or NaN, or set for a model the price table lacks (its replies would
+    cost $0 and the run would never stop). `paid` is False for endpoints that cost nothing (the stand-in, a local
+    model, a replay), where an unpriced model is fine."""
+    if max_cost is None:
+        return
+    if not max_cost >= 0:  # also catches NaN
+        raise SynthembedError(f"--max-cost must be a number of USD >= 0, not {max_cost!r}")
+    unpriced = sorted({m for m in models if price_of(m, prices) is None})
+    if paid and unpriced:
+        raise SynthembedError(
+            f"--max-cost is set but {', '.join(unpriced)} has no price, so its replies would count as $0 and the budget "
+            "would never stop the run: give its prices with --prices FILE ({model: {input: USD per 1M tokens, output: "
+            "USD per 1M}}), or drop --max-cost"
+        )
+
+
 def _warm_worker() -> None:
     """Load the language detector once per worker process, before the first reply arrives."""
     from .parsing import detect_language
@@ -329,7 +346,7 @@ def generate(
 
     `backend` is "openai", "transformers" (config.model is then a local path or hub id), "replay" (answers only from
     `cache`), or a backend object. `max_cost` in USD stops sending once reached; a later run with a higher budget
-    continues where this one stopped. `workers` > 0 parses and validates replies in that many worker processes
+    continues where this one stopped. A budget for a model without a price is refused on a paid endpoint (check_budget). `workers` > 0 parses and validates replies in that many worker processes
     (language detection is the costly part), which keeps the event loop free to send at full concurrency; None
     chooses by `auto_workers`.
     `stand_in=True` marks the run as the loopback stand-in's in stats.json (also detected from its answers' signature).
@@ -349,6 +366,8 @@ def generate(
     price_table = load_prices(prices if isinstance(prices, (str, Path)) else None,
                               prices if isinstance(prices, dict) else None)
     backend_name = backend if isinstance(backend, str) else getattr(backend, "name", type(backend).__name__)
+    check_budget(max_cost, [config.model, *(config.model_shares or {})], price_table,
+                 paid=backend_name == "openai" and not stand_in)
     endpoint = base_url or (os.environ.get("OPENAI_BASE_URL") if backend_name == "openai" else None)
     runtime = {"backend": backend_name, "base_url": rundir.safe_url(endpoint), "concurrency": concurrency,
                "max_cost": max_cost, "cache": str(cache_file), "timeout": timeout, "stand_in": stand_in,

@@ -12,9 +12,13 @@ bf16 on GPU.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from ..errors import SynthembedError
+from ..pooling import POOLING_MODES
 from ..taskgroups import TASK_TYPES
 
 DEFAULT_QUERY_TASK = "Given a web search query, retrieve relevant passages that answer the query"
@@ -88,17 +92,102 @@ class TrainArguments:
 # --- checks ------------------------------------------------------------------------------------------------------------
 
 
+# Each check: (the setting's field, a test of its value, what it must be). All run before anything is loaded or written,
+# so a setting that a later stage would refuse (the loss refuses temperature 0) never leaves a half-started --out.
+_VALUE_CHECKS = (
+    ("temperature", lambda v: v > 0, "must be > 0"),
+    ("lr", lambda v: v > 0, "must be > 0"),
+    ("epochs", lambda v: v > 0, "must be > 0"),
+    ("warmup_steps", lambda v: v >= 0, "must be >= 0"),
+    ("weight_decay", lambda v: v >= 0, "must be >= 0"),
+    ("max_grad_norm", lambda v: v >= 0, "must be >= 0 (0: no clipping)"),
+    ("lora_rank", lambda v: v >= 1, "must be at least 1"),
+    ("lora_alpha", lambda v: v > 0, "must be > 0"),
+    ("lora_dropout", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ("max_len", lambda v: v >= 3, "must be at least 3 (BOS or CLS, one token of text, EOS or SEP)"),
+    ("save_every", lambda v: v >= 0, "must be >= 0 (0: only at the end)"),
+    ("log_every", lambda v: v >= 1, "must be at least 1"),
+    ("keep_checkpoints", lambda v: v >= 1, "must be at least 1"),
+    ("mine_depth", lambda v: v >= 1, "must be at least 1"),
+    ("bf16", lambda v: v in ("auto", "yes", "no"), "must be auto, yes or no"),
+    ("pooling", lambda v: v is None or v in POOLING_MODES, f"must be one of {', '.join(POOLING_MODES)}"),
+)
+
+
 def check_arguments(args: TrainArguments) -> None:
     """The settings that are wrong whatever the data and the machine, as a SynthembedError naming the option."""
     if args.max_steps is not None and args.max_steps < 1:
         raise SynthembedError(f"--max-steps must be at least 1, got {args.max_steps}")
-    if args.save_every < 0 or args.log_every < 1:
-        raise SynthembedError("--save-every must be >= 0 and --log-every >= 1")
+    for name, valid, rule in _VALUE_CHECKS:
+        value = getattr(args, name)
+        if not valid(value):
+            raise SynthembedError(f"{option(name)} {rule}, got {value!r}")
     unknown = sorted(set(args.no_in_batch_negatives_for or ()) - set(TASK_TYPES))
     if unknown:
         raise SynthembedError(
             f"--no-in-batch-negatives-for: unknown task group {', '.join(unknown)} (one of {', '.join(TASK_TYPES)})"
         )
+
+
+def option(name: str) -> str:
+    """The command-line spelling of a field.
+
+    >>> option("max_len")
+    '--max-len'
+    """
+    return "--" + name.replace("_", "-")
+
+
+# --- what a run records, and what a resumed run may change ------------------------------------------------------------
+
+# The settings a resumed run may change: how long it runs (the schedule is rebuilt for the new length), how often it
+# saves, logs and reports, what it exports at the end, and memory use only (the cached loss computes the same objective
+# for any mini-batch; checkpointing recomputes the same activations). Any other change (data, batch size, pooling, max
+# length, learning rate, ...) would continue a different training than the checkpoint and log describe, so it is refused.
+RESUMABLE_SETTINGS = frozenset({
+    "out", "resume", "max_steps", "epochs", "save_every", "keep_checkpoints", "log_every", "progress", "no_export",
+    "query_task", "mini_batch_size", "gradient_checkpointing",
+})  # fmt: skip
+
+
+def _local_path(name: str) -> str:
+    """An existing local file or folder as its absolute path (the same run named from another directory compares
+    equal); anything else (a hub id) unchanged."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
+def recorded_settings(args: TrainArguments) -> dict[str, Any]:
+    """The settings as train_args.json records them: local paths of --data and --base-model made absolute."""
+    values = dataclasses.asdict(args)
+    values["data"] = [_local_path(entry) for entry in args.data]
+    values["base_model"] = _local_path(args.base_model)
+    return values
+
+
+def changed_settings(recorded: dict[str, Any], args: TrainArguments) -> list[str]:
+    """The settings of `args` that differ from a run's train_args.json, as `--lr 0.0001 -> 0.0002`; those a resume may
+    change (RESUMABLE_SETTINGS) and those the file does not hold (an older version wrote it) are not compared.
+
+    >>> changed_settings({"lr": 1e-4, "max_steps": 5}, TrainArguments(data=["d"], base_model="m", out="o", lr=2e-4))
+    ['--lr 0.0001 -> 0.0002']
+    """
+    now = recorded_settings(args)
+    then = {**recorded, "data": [_local_path(d) for d in recorded.get("data") or []]}
+    if isinstance(recorded.get("base_model"), str):
+        then["base_model"] = _local_path(recorded["base_model"])
+    changed = []
+    for name, value in now.items():
+        if name in RESUMABLE_SETTINGS or name not in recorded:
+            continue
+        if _comparable(then[name]) != _comparable(value):
+            changed.append(f"{option(name)} {then[name]!r} -> {value!r}".replace("'", ""))
+    return changed
+
+
+def _comparable(value: Any) -> Any:
+    """A value as JSON gives it back (tuples as lists), so a setting read from train_args.json equals the same one given."""
+    return [_comparable(v) for v in value] if isinstance(value, list | tuple) else value
 
 
 def check_batch_sizes(batch_size: int, mini_batch_size: int | None, num_processes: int) -> tuple[int, int]:

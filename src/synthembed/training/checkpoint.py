@@ -15,19 +15,67 @@ import shutil
 from pathlib import Path
 
 from ..errors import SynthembedError
+from ..files import check_writable
+from .args import RESUMABLE_SETTINGS, TrainArguments, changed_settings, option
+from .log import LOG
 
 CHECKPOINTS = "checkpoints"
 STATE = "trainer_state.json"
+ARGS = "train_args.json"  # the settings, written when a run starts
+DATA = "data"  # mined negatives, written when a run starts
+# What a run writes before its first checkpoint: an --out holding only these was stopped (or refused a setting) before
+# it saved anything, and starts again from step 0 rather than blocking both a rerun and --resume.
+STARTED_FILES = frozenset({ARGS, LOG, DATA, CHECKPOINTS})
 
 
-def check_out(out: Path, resume: bool) -> None:
-    """Never overwrite: a non-empty --out needs --resume; --resume needs a checkpoint there."""
-    if resume:
-        if latest_checkpoint(out) is None:
-            raise SynthembedError(f"--resume: {out} holds no checkpoint ({out / CHECKPOINTS}/step-*) to resume from")
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+def check_out(out: Path, args: TrainArguments) -> tuple[bool, bool]:
+    """(resume from a checkpoint, start again over a run that never saved one), or a SynthembedError. Never overwrites
+    a run that has a checkpoint: that needs --resume, with the settings it was started with (train_args.json) except
+    those RESUMABLE_SETTINGS names. --resume needs a started run in --out."""
+    check_writable(out, "--out")
+    if latest_checkpoint(out) is not None:
+        if not args.resume:
+            raise SynthembedError(
+                f"--out {out} is not empty; pass --resume to continue its training, or choose a new directory"
+            )
+        _check_same_settings(out, args)
+        return True, False
+    if _started_without_checkpoint(out):
+        return False, True
+    if args.resume:
+        raise SynthembedError(f"--resume: {out} holds no checkpoint ({out / CHECKPOINTS}/step-*) to resume from")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SynthembedError(
-            f"--out {out} is not empty; pass --resume to continue its training, or choose a new directory"
+            f"--out {out} is not empty and holds no run of `synthembed train`; choose a new directory"
+        )
+    return False, False
+
+
+def _started_without_checkpoint(out: Path) -> bool:
+    """--out holds what a run writes at its start and no complete checkpoint (only unfinished .partial-* ones)."""
+    if not out.is_dir() or not (out / ARGS).is_file():
+        return False
+    return all(entry.name in STARTED_FILES for entry in out.iterdir())
+
+
+def read_settings(out: Path) -> dict | None:
+    """The settings --out's run started with (train_args.json), or None where there are none or they are unreadable."""
+    try:
+        return json.loads((out / ARGS).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _check_same_settings(out: Path, args: TrainArguments) -> None:
+    recorded = read_settings(out)
+    if recorded is None:  # a run from before train_args.json was kept: nothing to compare against
+        return
+    changed = changed_settings(recorded, args)
+    if changed:
+        allowed = ", ".join(option(name) for name in sorted(RESUMABLE_SETTINGS - {"out", "resume", "progress"}))
+        raise SynthembedError(
+            f"--resume: {out} was started with other settings ({out / ARGS}): {'; '.join(changed)}. Resume with the "
+            f"same settings (only {allowed} may change), or train into a new --out"
         )
 
 

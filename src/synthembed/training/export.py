@@ -48,6 +48,8 @@ def export(
     dtype = next(model.parameters()).dtype
     if isinstance(model, PeftModel):
         adapter = out / "adapter"
+        for config in model.peft_config.values():  # peft's own loaders read this, not synthembed_config.json
+            config.base_model_name_or_path = str(base_path)
         model.save_pretrained(adapter, state_dict=state)
         emb.tokenizer.save_pretrained(adapter)
         write_model_config(adapter, settings)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,8 +30,8 @@ from ..errors import SynthembedError
 from ..files import write_json_atomic
 from ..model_config import read_model_config
 from ..paths import local_folder_name
-from .args import TrainArguments, check_arguments, check_batch_sizes
-from .checkpoint import check_out, latest_checkpoint, resume_checkpoint, save_checkpoint
+from .args import TrainArguments, changed_settings, check_arguments, check_batch_sizes, recorded_settings
+from .checkpoint import ARGS, DATA, check_out, latest_checkpoint, read_settings, resume_checkpoint, save_checkpoint
 from .data import BatchPlan, batch_texts, in_batch_flags, load_pairs
 from .export import export
 from .log import TrainLog
@@ -45,9 +46,15 @@ def train(args: TrainArguments, on_step: Callable[[int, float], Any] | None = No
     from ..losses import CachedInfoNCE  # torch: imported once a run starts, not by `synthembed train --help`
 
     out = Path(args.out).expanduser()
-    check_out(out, args.resume)
     check_arguments(args)
+    resume, restart = check_out(out, args)
+    # A restarted run reuses the negatives its first start mined only if it was started with these same settings.
+    recorded = read_settings(out) if restart else None
+    fresh_data = restart and (recorded is None or bool(changed_settings(recorded, args)))
     accelerator, bf16 = _accelerator(args.bf16)
+    if restart:
+        accelerator.print(f"[train] {out} holds no checkpoint yet (its run stopped before the first save): starting "
+                          "it again from step 0")  # fmt: skip
     per_process, mini = check_batch_sizes(args.batch_size, args.mini_batch_size, accelerator.num_processes)
     deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
     if deepspeed and mini != per_process:
@@ -61,7 +68,7 @@ def train(args: TrainArguments, on_step: Callable[[int, float], Any] | None = No
     pairs = load_pairs(
         args.data, mix=args.mix, seed=args.seed, beir_split=args.beir_split, beir_instruction=args.beir_instruction,
         hard_negatives=args.hard_negatives, mine_depth=args.mine_depth, max_len=args.max_len, progress=args.progress,
-        cache_dir=out / "data", mined=mined,
+        cache_dir=None if fresh_data else out / DATA, mined=mined,
     )  # fmt: skip
     plan = BatchPlan(pairs, args.batch_size, seed=args.seed, group_by_task_type=args.group_by_task_type)
     total_steps = args.max_steps or max(1, math.floor(plan.steps_per_epoch * args.epochs))
@@ -74,7 +81,7 @@ def train(args: TrainArguments, on_step: Callable[[int, float], Any] | None = No
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = per_process
     model, optimizer, scheduler = accelerator.prepare(emb.model, optimizer, scheduler)
     emb.model = model
-    start = _open_out(accelerator, out, args, mined)
+    start = _open_out(accelerator, out, args, resume, mined, fresh_data)
 
     embed = _CountingEmbed(emb, accelerator.autocast)
     loss = CachedInfoNCE(
@@ -148,14 +155,28 @@ def _load_model(args: TrainArguments, device, bf16: bool):
     # Frozen base weights can sit in bf16 on GPU; a full fine-tune keeps fp32 masters and autocasts.
     dtype = torch.bfloat16 if (bf16 and not args.no_lora) else torch.float32
     emb = load_embedder(args.base_model, pooling=args.pooling, max_len=args.max_len, device=device, dtype=dtype)
-    # A hub id that resolved to a get-models copy is recorded as the id: the export then loads on any machine.
-    base_path = args.base_model if local_folder_name(args.base_model) else emb.model.config._name_or_path or args.base_model
+    base_path = base_model_record(args.base_model, emb.model.config._name_or_path)
     if args.gradient_checkpointing:
         enable_checkpointing(emb.model)
     if not args.no_lora:
         emb.model = add_lora(emb.model, args.lora_rank, args.lora_alpha, args.lora_dropout)
     emb.model.train()
     return emb, str(base_path)
+
+
+def base_model_record(base_model: str, loaded_from: str | None) -> str:
+    """How the export names its base model. A hub id that resolved to a get-models copy stays the id (the export then
+    loads on any machine that has the model); a local folder is made absolute (a relative one would load only from
+    the directory training ran in); otherwise where transformers loaded it from.
+
+    >>> base_model_record("HuggingFaceTB/SmolLM2-135M-Instruct", "/root/.cache/synthembed/models/smollm2-135m-instruct")
+    'HuggingFaceTB/SmolLM2-135M-Instruct'
+    """
+    if local_folder_name(base_model):
+        return base_model
+    if Path(base_model).expanduser().is_dir():
+        return str(Path(base_model).expanduser().resolve())
+    return str(loaded_from or base_model)
 
 
 def enable_checkpointing(model) -> None:
@@ -235,18 +256,23 @@ def _schedule(optimizer, warmup_steps: int, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, warmup_steps, total_steps))
 
 
-def _open_out(accelerator, out: Path, args: TrainArguments, mined: dict[str, Any]) -> int:
-    """Create --out with the newly mined negatives in it, then resume from its latest checkpoint (--resume) or record
-    the settings in train_args.json; returns the number of steps already done."""
-    if accelerator.is_main_process:  # only now, with data and model loaded, does anything get written
+def _open_out(
+    accelerator, out: Path, args: TrainArguments, resume: bool, mined: dict[str, Any], fresh_data: bool
+) -> int:
+    """Create --out, record the settings in train_args.json (a new run) and put the newly mined negatives in it, then
+    resume from its latest checkpoint where `resume`; returns the number of steps already done. train_args.json comes
+    first: an --out with it and no checkpoint is a run stopped early, which check_out lets start again."""
+    if accelerator.is_main_process:  # only now, with settings checked and data and model loaded, is anything written
         out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            write_json_atomic(out / ARGS, recorded_settings(args))
+        if fresh_data:  # negatives mined under other settings by a start that never saved a checkpoint
+            shutil.rmtree(out / DATA, ignore_errors=True)
         for name, negatives in mined.items():
-            write_json_atomic(out / "data" / name, negatives)
+            write_json_atomic(out / DATA / name, negatives)
     accelerator.wait_for_everyone()
-    if args.resume:
+    if resume:
         return resume_checkpoint(accelerator, out)  # weights, optimizer, scheduler and every RNG state
-    if accelerator.is_main_process:
-        write_json_atomic(out / "train_args.json", dataclasses.asdict(args))
     return 0
 
 
