@@ -50,3 +50,19 @@ def smoke_study(tmp_path_factory):
 
     run_dir = run_study(profile="smoke", out=tmp_path_factory.mktemp("study"), progress=False)
     return run_dir, json.loads((run_dir / "results.json").read_text())
+
+
+@pytest.fixture
+def recorded_sleeps(monkeypatch) -> list[float]:
+    """asyncio.sleep made instant; the seconds each call asked for are recorded in the returned list."""
+    import asyncio
+
+    slept: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def fake_sleep(seconds, *args, **kwargs):
+        slept.append(seconds)
+        await real_sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+    return slept

@@ -99,15 +99,8 @@ def _requests(n):
     return [ChatRequest("gpt-4o-mini", ({"role": "user", "content": f"q{i}"},)) for i in range(n)]
 
 
-def test_client_retries_honour_retry_after(monkeypatch):
-    slept: list[float] = []
-    real_sleep = asyncio.sleep
-
-    async def fake_sleep(seconds, *args, **kwargs):
-        slept.append(seconds)
-        await real_sleep(0)
-
-    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+def test_client_retries_honour_retry_after(recorded_sleeps):
+    slept = recorded_sleeps
     backend = ScriptedBackend([RetryableError("429", "rate_limit", retry_after=7.0), RetryableError("500", "server_error")])
     client = LLMClient(backend, backoff=0.01, max_backoff=60)
     [answer] = client.run(_requests(1))

@@ -4,7 +4,6 @@ budget that could never stop the run is refused before anything is sent."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import threading
@@ -184,15 +183,8 @@ def test_check_budget_allows_priced_free_and_budgetless_runs():
 
 
 @pytest.mark.parametrize(("asked", "waited"), [(200.0, 200.0), (10_000.0, MAX_RETRY_AFTER)])
-def test_retry_after_is_honoured_up_to_its_maximum(monkeypatch, asked, waited):
-    slept: list[float] = []
-    real_sleep = asyncio.sleep
-
-    async def fake_sleep(seconds, *args, **kwargs):
-        slept.append(seconds)
-        await real_sleep(0)
-
-    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+def test_retry_after_is_honoured_up_to_its_maximum(recorded_sleeps, asked, waited):
+    slept = recorded_sleeps
     backend = _Backend(errors=[RetryableError("429", "rate_limit", retry_after=asked)])
     [answer] = LLMClient(backend, backoff=0.01, max_backoff=60).run(_requests(1))
     assert isinstance(answer, ChatResponse)
