@@ -13,7 +13,14 @@ from synthembed.errors import SynthembedError
 from synthembed.evaluation.cache import EmbeddingCache
 from synthembed.evaluation.encoder import MtebEncoder
 from synthembed.evaluation.run import evaluate_model, resolve_tasks, split_task_list
-from synthembed.evaluation.tables import averages, category_table, evaluation_summary, task_table, to_markdown
+from synthembed.evaluation.tables import (
+    averages,
+    category_table,
+    evaluation_summary,
+    model_table,
+    task_table,
+    to_markdown,
+)
 from synthembed.evaluation.task_files import detect_kind, label_ids
 from synthembed.evaluation.tasks import LocalRetrievalTask, LocalSTSTask, local_task
 from synthembed.model import Embedder
@@ -370,6 +377,16 @@ def test_find_trained_models_prefers_merged_and_skips_checkpoints(tmp_path):
     assert find_trained_model(tmp_path / "train" / "synthetic") == tmp_path / "train/synthetic/merged"
     assert find_trained_model(tmp_path / "train" / "msmarco") == tmp_path / "train/msmarco/adapter"
     assert find_trained_model(tmp_path / "nothing") is None
+    # notebooks 05 and 06 take one of them by name, or the first
+    from synthembed.evaluation.specs import pick_trained_model
+
+    assert pick_trained_model(tmp_path / "train", "synthetic") == tmp_path / "train/synthetic/merged"
+    assert pick_trained_model(tmp_path / "train") == tmp_path / "train/msmarco/adapter"
+    assert pick_trained_model(tmp_path / "nothing") is None
+    with pytest.raises(SynthembedError, match=r"'synthetic\+labeled' is not among .*\['msmarco', 'synthetic'\]"):
+        pick_trained_model(tmp_path / "train", "synthetic+labeled")
+    with pytest.raises(SynthembedError, match="none \\(run notebook 03 first\\)"):
+        pick_trained_model(tmp_path / "nothing", "synthetic")
 
 
 def test_flores_layout_mines_each_language_against_english(tmp_path, minilm_embedder, minilm):
@@ -389,3 +406,27 @@ def test_flores_layout_mines_each_language_against_english(tmp_path, minilm_embe
     entry = results["tasks"][0]
     assert set(entry["languages"]) == {"deu_Latn", "spa_Latn"}
     assert all(0.0 <= v <= 1.0 for v in entry["languages"].values())
+
+
+def test_a_null_score_stays_missing_in_every_table():
+    """A results file holds null where mteb returned NaN (a collapsed model); the tables show it missing, never 0,
+    and the means over it are missing too rather than silently averaging the other tasks."""
+    tasks = [{"name": "STSBenchmark", "kind": "sts", "main_score": None, "main_score_name": "cosine_spearman"},
+             {"name": "SICK-R", "kind": "sts", "main_score": 0.5, "main_score_name": "cosine_spearman"},
+             {"name": "SciFact", "kind": "retrieval", "main_score": 0.25, "main_score_name": "ndcg_at_10"}]  # fmt: skip
+    run = {"model": "m", "tasks": tasks, "averages": averages(tasks), "instructions": True}
+    assert np.isnan(run["averages"]["sts"]) and np.isnan(run["averages"]["average"])
+    assert run["averages"]["retrieval"] == 0.25
+    written = json.loads(json.dumps(run["averages"]).replace("NaN", "null"))  # as write_json_atomic stores it
+    stored = {**run, "averages": written}
+    assert task_table({"m": stored}).set_index("task").loc["STSBenchmark", "m"] != 0
+    assert np.isnan(task_table({"m": stored}).set_index("task").loc["STSBenchmark", "m"])
+    models = model_table({"m": stored}).set_index("model")
+    assert np.isnan(models.loc["m", "STSBenchmark"]) and models.loc["m", "SICK-R"] == 50.0
+    assert np.isnan(models.loc["m", "sts"]) and models.loc["m", "retrieval"] == 25.0
+    assert np.isnan(category_table({"m": stored}).set_index("category").loc["sts", "m"])
+    summary = evaluation_summary({"m": stored}, {})
+    assert summary["baseline_scores"] == {"STSBenchmark": None, "SICK-R": 0.5, "SciFact": 0.25}
+    assert summary["averages"]["m"]["sts"] is None
+    json.dumps(summary, allow_nan=False)  # valid JSON: no NaN anywhere
+    assert "|  |" in to_markdown(task_table({"m": stored}))

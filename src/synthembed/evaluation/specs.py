@@ -29,7 +29,7 @@ from ..errors import SynthembedError
 from ..model_config import read_model_config
 from ..paths import resolve_model_path
 from ..pooling import POOLING_MODES
-from .run import INSTRUCTION_MODES, evaluate_model
+from .run import INSTRUCTION_MODES, evaluate_model, find_trained_models
 
 # the settings `as_trained` copies from a trained model, and the evaluate_model arguments they become
 EMBEDDING_SETTINGS = ("pooling", "max_len", "instructions")
@@ -188,3 +188,20 @@ def evaluate_lineup(
               f"{'on' if run['instructions'] else 'off'}, pooling {run['pooling']}, max_len {run['max_len']}, "
               f"embedding cache hits {cache['hits']} / misses {cache['misses']}")  # fmt: skip
     return runs
+
+
+def pick_trained_model(train_dir: str | Path, run: str | None = None) -> Path | None:
+    """The exported model of one training run under `train_dir` (notebook 03's <train_dir>/<run>/merged), for the
+    notebooks that take one trained model (05, 06): `run` by name, or the first one found where `run` is None; None
+    where nothing was exported. A named run that was not exported is an error that lists the runs that were.
+
+    >>> pick_trained_model("runs/cpu-study/train", "synthetic")  # doctest: +SKIP
+    PosixPath('runs/cpu-study/train/synthetic/merged')
+    """
+    exported = find_trained_models(train_dir)
+    if run is None:
+        return next(iter(exported.values()), None)
+    if run not in exported:
+        raise SynthembedError(f"trained_run {run!r} is not among the models exported in {train_dir}: "
+                              f"{sorted(exported) or 'none (run notebook 03 first)'}")  # fmt: skip
+    return exported[run]

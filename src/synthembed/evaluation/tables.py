@@ -24,6 +24,13 @@ CATEGORIES = ("classification", "clustering", "pair-classification", "reranking"
               "bitext", "average")  # fmt: skip
 
 
+def main_score(entry: dict[str, Any]) -> float:
+    """An entry's main score; NaN where the results file holds null (mteb returned NaN: JSON has no NaN), so a
+    broken score stays visibly missing in means and tables instead of failing them or passing for 0."""
+    score = entry["main_score"]
+    return float("nan") if score is None else float(score)
+
+
 def averages(entries: Iterable[dict[str, Any]]) -> dict[str, float]:
     """Mean main score per task kind, and "average" over all tasks (as MTEB averages: over tasks, not categories).
 
@@ -33,10 +40,10 @@ def averages(entries: Iterable[dict[str, Any]]) -> dict[str, float]:
     entries = list(entries)
     by_kind: dict[str, list[float]] = {}
     for entry in entries:
-        by_kind.setdefault(entry["kind"], []).append(entry["main_score"])
+        by_kind.setdefault(entry["kind"], []).append(main_score(entry))
     out = {kind: float(np.mean(scores)) for kind, scores in sorted(by_kind.items())}
     if entries:
-        out["average"] = float(np.mean([e["main_score"] for e in entries]))
+        out["average"] = float(np.mean([main_score(e) for e in entries]))
     return out
 
 
@@ -86,7 +93,7 @@ def task_table(runs: dict[str, dict[str, Any]], published: dict[str, dict[str, f
             )
             note = subset_note(entry) or WHOLE_TASK
             row["data"] = note if row["data"] in (None, note) else f"{row['data']}; {label}: {note}"
-            row[label] = round(100 * entry["main_score"], 2)
+            row[label] = round(100 * main_score(entry), 2)
     for label, scores in published.items():
         if any(name in rows for name in scores):
             for name, value in scores.items():
@@ -106,7 +113,8 @@ def category_table(runs: dict[str, dict[str, Any]], paper: dict[str, dict[str, f
     import pandas as pd
 
     paper = PAPER_TABLE1 if paper is None else paper
-    table = {label: {k: round(100 * v, 2) for k, v in results["averages"].items()} for label, results in runs.items()}
+    table = {label: {k: None if v is None else round(100 * v, 2) for k, v in results["averages"].items()}
+             for label, results in runs.items()}  # fmt: skip
     present = [k for k in CATEGORIES if any(k in t for t in table.values())] + sorted(
         {k for t in table.values() for k in t} - set(CATEGORIES)
     )
@@ -139,7 +147,7 @@ def model_table(runs: dict[str, dict[str, Any]], published: dict[str, dict[str, 
             name = columns.setdefault((entry["name"], note), entry["name"] + (f" ({note})" if note else ""))
             kinds[name] = entry["kind"]
     subset = {name: note is not None for (_, note), name in columns.items()}
-    rows = {label: {columns[(e["name"], subset_note(e))]: 100 * e["main_score"] for e in results["tasks"]}
+    rows = {label: {columns[(e["name"], subset_note(e))]: 100 * main_score(e) for e in results["tasks"]}
             for label, results in runs.items()}  # fmt: skip
     for label in runs:
         if label in published:
@@ -215,8 +223,15 @@ def task_scores(results: dict[str, Any], digits: int = 4) -> dict[str, float]:
 
     >>> task_scores({"tasks": [{"name": "SciFact", "main_score": 0.645123}]})
     {'SciFact': 0.6451}
+    >>> task_scores({"tasks": [{"name": "STSBenchmark", "main_score": None}]})  # mteb's NaN, kept missing
+    {'STSBenchmark': None}
     """
-    return {t["name"]: round(t["main_score"], digits) for t in results["tasks"]}
+    return {t["name"]: _rounded(t["main_score"], digits) for t in results["tasks"]}
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    """A score rounded for a JSON summary; None for a missing (null or NaN) one, since JSON has no NaN."""
+    return None if value is None or np.isnan(value) else round(value, digits)
 
 
 def evaluation_summary(
@@ -242,7 +257,7 @@ def evaluation_summary(
         "baseline_scores": task_scores(runs[baseline]),
         "trained_models": list(trained),
         "trained_scores": {label: task_scores(runs[key]) for label, key in trained.items()},
-        "averages": {label: {k: round(v, 4) for k, v in run["averages"].items()} for label, run in runs.items()},
+        "averages": {label: {k: _rounded(v, 4) for k, v in run["averages"].items()} for label, run in runs.items()},
         "instructions": {label: run["instructions"] for label, run in runs.items()},
         # what data each task's scores are on: "subset: 40 queries", or None for the whole task
         "subsets": {t["name"]: subset_note(t) for t in runs[baseline]["tasks"]},
