@@ -430,3 +430,31 @@ def test_a_null_score_stays_missing_in_every_table():
     assert summary["averages"]["m"]["sts"] is None
     json.dumps(summary, allow_nan=False)  # valid JSON: no NaN anywhere
     assert "|  |" in to_markdown(task_table({"m": stored}))
+
+
+def test_a_folder_bound_by_name_is_scored_with_that_tasks_protocol(tmp_path, shared_data):
+    """`--tasks NAME=DIR`: the folder's data under the official task's protocol (ToxicConversationsClassification
+    trains its classifier on 16 examples per label, mteb's default is 8); an unbound folder gets the defaults, and
+    the JSON and the task table say which protocol scored what."""
+    import shutil
+
+    folder = tmp_path / "intents"
+    shutil.copytree(shared_data / "classification" / "banking77", folder)
+    bound_name = "ToxicConversationsClassification"
+    runs = {}
+    for label, spec in (("unbound", str(folder)), ("bound", f"{bound_name}={folder}")):
+        tasks = resolve_tasks([spec], limit=20)
+        assert tasks[0].samples_per_label == (16 if label == "bound" else 8)
+        runs[label] = evaluate_model("recorder", [spec], embedder=RecordingEmbedder(), limit=20, use_cache=False,
+                                     show_progress=False)  # fmt: skip
+    unbound, bound = runs["unbound"]["tasks"][0], runs["bound"]["tasks"][0]
+    assert unbound["name"] == "local:intents" and bound["name"] == bound_name
+    assert unbound["protocol"]["bound_to"] is None and unbound["protocol"]["samples_per_label"] == 8
+    assert bound["protocol"]["bound_to"] == bound_name and bound["protocol"]["samples_per_label"] == 16
+    table = task_table(runs, published={}).set_index("task")
+    assert table.loc[bound_name, "protocol"] == f"mteb's {bound_name}"
+    assert table.loc["local:intents", "protocol"].startswith("not an mteb task: n_experiments 10, samples_per_label 8")
+    with pytest.raises(SynthembedError, match="no task named 'ToxicConversation'; did you mean"):
+        resolve_tasks([f"ToxicConversation={folder}"])
+    with pytest.raises(SynthembedError, match="holds a classification task but mteb's STSBenchmark is a STS task"):
+        resolve_tasks([f"STSBenchmark={folder}"])

@@ -27,7 +27,8 @@ def configure_evaluate_parser(parser: argparse.ArgumentParser) -> None:
         "--tasks",
         required=True,
         action="append",
-        help="mteb task or benchmark names and/or task directories, comma separated (repeatable)",
+        help="mteb task or benchmark names, task directories, and NAME=DIR (a folder scored with mteb task NAME's "
+        "protocol), comma separated (repeatable)",
     )
     parser.add_argument(
         "--data-dir",

@@ -244,6 +244,8 @@ def task_entry(task, result, seconds: float) -> dict[str, Any]:
         "limit": getattr(task, "local_limit", None),
         # a limited run is a subset, and the tables say of what size (tables.subset_note); None: the whole task
         "data_subset": _data_subset(task),
+        # which official protocol scored it (None: a folder scored by its kind's defaults) and its settings
+        "protocol": _protocol(task),
         "evaluation_seconds": round(seconds, 2),
         "scores": result.to_dict(),
     }
@@ -253,6 +255,12 @@ def task_entry(task, result, seconds: float) -> dict[str, Any]:
         # per language, by the non-English side of each pair (Tatoeba `deu-eng` -> deu, FLORES `deu_Latn-eng_Latn` -> deu_Latn)
         entry["languages"] = {subset.split("-")[0]: score for subset, score in subsets.items()}
     return entry
+
+
+def _protocol(task) -> dict[str, Any]:
+    from .tasks import protocol_of
+
+    return protocol_of(task)
 
 
 def _data_subset(task) -> dict[str, Any] | None:
@@ -327,6 +335,15 @@ def resolve_tasks(
     """
     tasks = []
     for entry in split_task_list(entries):
+        name, bound, folder = entry.partition("=")
+        if bound:  # NAME=DIR: a local folder scored with the official task's protocol
+            folder_path = Path(folder).expanduser()
+            if not folder_path.is_dir():
+                raise SynthembedError(f"{entry}: task directory {folder} does not exist")
+            from .tasks import bound_task
+
+            tasks.append(bound_task(name.strip(), folder_path, languages=languages, limit=limit))
+            continue
         path = Path(entry).expanduser()
         if data_dir is not None and not path.exists() and (Path(data_dir) / entry).exists():
             path = Path(data_dir) / entry

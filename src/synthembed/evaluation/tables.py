@@ -78,6 +78,24 @@ def subset_note(entry: dict[str, Any]) -> str | None:
     return None
 
 
+def protocol_note(entry: dict[str, Any]) -> str | None:
+    """How a task entry was scored, in words: "mteb's SICK-R" for a task (or a folder bound to one) scored with the
+    official protocol; for a folder with no official counterpart, the settings its kind's defaults gave it. None for
+    results files written before the protocol was recorded.
+
+    >>> protocol_note({"protocol": {"bound_to": None, "n_experiments": 10, "samples_per_label": 8,
+    ...                             "classifier": "LogisticRegression(C=1.0, max_iter=100)"}})
+    'not an mteb task: n_experiments 10, samples_per_label 8, classifier LogisticRegression(C=1.0, max_iter=100)'
+    """
+    protocol = entry.get("protocol")
+    if not protocol:
+        return None
+    if protocol.get("bound_to"):
+        return f"mteb's {protocol['bound_to']}"
+    settings = ", ".join(f"{k} {v}" for k, v in protocol.items() if k != "bound_to")
+    return "not an mteb task" + (f": {settings}" if settings else "")
+
+
 def task_table(runs: dict[str, dict[str, Any]], published: dict[str, dict[str, float]] | None = None):
     """Per task, main score x100 for each run (columns) beside published scores, and what data ran ("data": the whole
     task or "subset: N queries"; published scores are on whole tasks). -> DataFrame (task, kind, metric, ..., data)"""
@@ -93,6 +111,8 @@ def task_table(runs: dict[str, dict[str, Any]], published: dict[str, dict[str, f
             )
             note = subset_note(entry) or WHOLE_TASK
             row["data"] = note if row["data"] in (None, note) else f"{row['data']}; {label}: {note}"
+            if protocol_note(entry):
+                row["protocol"] = protocol_note(entry)
             row[label] = round(100 * main_score(entry), 2)
     for label, scores in published.items():
         if any(name in rows for name in scores):
@@ -100,7 +120,8 @@ def task_table(runs: dict[str, dict[str, Any]], published: dict[str, dict[str, f
                 if name in rows:
                     rows[name][f"{label} (published)"] = value
     frame = pd.DataFrame(list(rows.values()))
-    return frame[[c for c in frame.columns if c != "data"] + ["data"]]  # last: after the scores it qualifies
+    notes = [c for c in ("data", "protocol") if c in frame.columns]
+    return frame[[c for c in frame.columns if c not in notes] + notes]  # last: after the scores they qualify
 
 
 def category_table(runs: dict[str, dict[str, Any]], paper: dict[str, dict[str, float]] | None = None):

@@ -28,6 +28,7 @@ from .task_files import (
     detect_kind,
     flores_dir,
     flores_subsets,
+    kind_of,
     load_classification,
     load_flores,
     load_retrieval,
@@ -259,6 +260,49 @@ def local_task(
     if not subsets:
         raise SynthembedError(f"{path}: none of the languages {languages} is on disk")
     return LocalBitextTask(path, metadata, subsets, limit, settings)
+
+
+# What the protocol of each kind is made of: the attributes that change a score when they change
+_PROTOCOL_ATTRIBUTES = {
+    "classification": ("n_experiments", "samples_per_label", "train_split", "is_cross_validation"),
+    "sts": ("min_score", "max_score"),
+    "retrieval": ("ignore_identical_ids",),
+    "bitext": (),
+}
+
+
+def protocol_of(task) -> dict[str, Any]:
+    """How a task is scored, for the results JSON and the tables: the official mteb task whose protocol it follows
+    ("bound_to"; None for a folder with no official counterpart, scored by its kind's abstract class with mteb's
+    defaults), and the settings that decide its score (classification: experiments, samples per label, classifier).
+
+    >>> protocol_of(local_task("../shared/data/sts/sickr"))  # doctest: +SKIP
+    {'bound_to': 'SICK-R', 'min_score': 1, 'max_score': 5}
+    """
+    kind = kind_of(task)
+    official = task.metadata.dataset.get("revision") != LOCAL_REVISION
+    protocol: dict[str, Any] = {"bound_to": task.metadata.name if official else None}
+    for attribute in _PROTOCOL_ATTRIBUTES.get(kind, ()):
+        if hasattr(task, attribute):
+            protocol[attribute] = getattr(task, attribute)
+    if kind == "classification":
+        model = task.evaluator_model
+        params = {k: v for k, v in model.get_params().items() if k in ("max_iter", "C", "n_neighbors")}
+        protocol["classifier"] = type(model).__name__ + (f"({', '.join(f'{k}={v}' for k, v in params.items())})"
+                                                        if params else "")  # fmt: skip
+    return protocol
+
+
+def bound_task(name: str, path: str | Path, languages: list[str] | None = None, limit: int | None = None) -> LocalTask:
+    """A local folder bound to the official mteb task `name` (`--tasks NAME=DIR`): read from the folder, scored with
+    exactly that task's protocol. Unlike local_task's guess from a folder name, a name mteb does not know is an error."""
+    if _official_task(name) is None:
+        import difflib
+
+        close = difflib.get_close_matches(name, [t.metadata.name for t in mteb.get_tasks()], n=3)
+        raise SynthembedError(f"{name}={path}: mteb has no task named {name!r}"
+                              + (f"; did you mean {', '.join(close)}?" if close else ""))  # fmt: skip
+    return local_task(path, languages=languages, name=name, limit=limit)
 
 
 def _official_task(name: str | None) -> AbsTask | None:
