@@ -15,13 +15,17 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "synthembed"
 
 # The flat core: every stage may use it; it uses nothing above it.
 CORE = {
-    "data", "errors", "files", "languages", "losses", "model", "model_config", "paths", "pooling", "reference",
-    "taskgroups",
+    "config_overrides", "data", "errors", "files", "languages", "losses", "model", "model_config", "paths", "pooling",
+    "reference", "taskgroups",
 }  # fmt: skip
 # What each part may import besides itself and the core. The stages do not know each other, except that evaluation
-# reads a generation run through the run directory's owner (notebook 05's language statistics).
+# reads a generation run through the run directory's owner (notebook 05's language statistics), and curation, which
+# sits between generation and training: it reads a run, judges through generation's client and cache, reads evaluation
+# folders as evaluation does, and mines negatives with training's miner.
 ALLOWED = {
     "generation": set(),
+    "curation": {"generation.rundir", "generation.llm", "generation.cache", "generation.parsing",
+                 "evaluation.task_files", "training.mining"},
     "training": set(),
     "evaluation": {"generation.rundir"},
     "testing": set(),

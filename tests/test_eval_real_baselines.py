@@ -253,7 +253,9 @@ def test_limited_local_tasks_record_the_subset_they_ran_on(tmp_path, tiny_mistra
     whole = evaluate_model(str(tiny_mistral), [str(sts)], **kwargs)
     assert whole["tasks"][0]["data_subset"] is None
     frame = task_table({"tiny": limited})
-    assert frame.columns[-1] == "data" and list(frame["data"]) == ["subset: 3 pairs", "subset: 3 queries"]
+    assert list(frame.columns[-2:]) == ["data", "protocol"]  # the notes come last, after the scores
+    assert list(frame["data"]) == ["subset: 3 pairs", "subset: 3 queries"]
+    assert list(frame["protocol"]) == ["not an mteb task: min_score 0, max_score 5", "not an mteb task: ignore_identical_ids False"]
 
 
 def _run(scores: dict[str, tuple[str, float]], note: dict | None = None) -> dict:

@@ -454,6 +454,9 @@ def test_a_folder_bound_by_name_is_scored_with_that_tasks_protocol(tmp_path, sha
     table = task_table(runs, published={}).set_index("task")
     assert table.loc[bound_name, "protocol"] == f"mteb's {bound_name}"
     assert table.loc["local:intents", "protocol"].startswith("not an mteb task: n_experiments 10, samples_per_label 8")
+    from synthembed import plots
+
+    plots.plot_task_scores(table.reset_index(), tmp_path / "bars.png")  # the notes are not plotted as scores
     with pytest.raises(SynthembedError, match="no task named 'ToxicConversation'; did you mean"):
         resolve_tasks([f"ToxicConversation={folder}"])
     with pytest.raises(SynthembedError, match="holds a classification task but mteb's STSBenchmark is a STS task"):

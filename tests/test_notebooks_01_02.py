@@ -40,3 +40,9 @@ def test_02_generate_results(smoke_study):
     stats = json.loads((generation / "stats.json").read_text())
     assert stats["accepted"] == r["accepted"] == len((generation / "examples.jsonl").read_text().splitlines())
     assert "stand-in" in stats["note"]
+    # the curation section: its counts add up, and the stand-in's Tatoeba sentences are caught as evaluation overlap
+    c = r["curation"]
+    assert c["input"] == r["accepted"] and c["kept"] + c["dropped"] == c["input"]
+    assert sum(c["dropped_by_filter"].values()) == c["dropped"] and c["by_eval_set"].get("Tatoeba", 0) > 0
+    curated = Path(c["dir"]) / "examples.jsonl"
+    assert len(curated.read_text().splitlines()) == c["kept"] > 0

@@ -161,6 +161,37 @@ def test_changed_sliding_window_reaches_the_attention(tiny_mistral):
     assert not torch.allclose(h_win[n + 1 :], h_full[n + 1 :], atol=1e-3)
 
 
+def test_a_qwen2_window_reaches_the_sliding_layers_or_is_refused():
+    """Qwen2 ignores `config.sliding_window` unless `use_sliding_window` is on, and slides only from
+    `max_window_layers` on: the override rebuilds the layer types by that rule, the attention reads the window
+    back, and the last hidden state changes; a model whose rule makes no layer slide refuses a window."""
+    from transformers import Qwen2Config, Qwen2Model
+
+    from synthembed.config_overrides import apply_config_overrides
+    from synthembed.evaluation.passkey_grid import sliding_window_in_attention
+
+    def tiny(**overrides):
+        config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                             num_attention_heads=4, num_key_value_heads=2, max_window_layers=2)  # fmt: skip
+        config._attn_implementation = "eager"
+        assert apply_config_overrides(config, overrides) == overrides
+        torch.manual_seed(0)
+        return Qwen2Model(config).eval()
+
+    full, windowed = tiny(), tiny(sliding_window=4)
+    assert windowed.config.layer_types == ["full_attention"] * 2 + ["sliding_attention"] * 2
+    assert sliding_window_in_attention(windowed) == 4 and sliding_window_in_attention(full) is None
+    ids = torch.arange(1, 17).unsqueeze(0)
+    with torch.no_grad():
+        h_full, h_win = full(ids).last_hidden_state[0], windowed(ids).last_hidden_state[0]
+    assert torch.allclose(h_full[:4], h_win[:4], atol=1e-5)  # inside the window nothing changes
+    assert (h_full[5:] - h_win[5:]).abs().amax(dim=-1).min() > 1e-4
+    assert sliding_window_in_attention(tiny(sliding_window=None)) is None
+    with pytest.raises(SynthembedError, match="max_window_layers is 4 of 4 layers"):
+        config = Qwen2Config(num_hidden_layers=4, max_window_layers=4)
+        apply_config_overrides(config, {"sliding_window": 4})
+
+
 def test_grid_records_settings_and_survives_a_length_that_does_not_fit(tiny_mistral, monkeypatch):
     real = passkey_grid.score_passkey_set
 

@@ -2,7 +2,9 @@
 
     synthembed generate --out runs/gen --backend openai --model gpt-4o-mini --tasks-per-type 2
     synthembed stats runs/gen --plots runs/gen/plots
+    synthembed curate --run runs/gen --out runs/curated --embedder all-MiniLM-L6-v2 --decontaminate ../shared/data
     synthembed train --data runs/gen/examples.jsonl --base-model mistralai/Mistral-7B-v0.1 --out runs/model
+    synthembed export runs/model --eval runs/eval.json --push-to-hub my-org/my-model
     synthembed evaluate --model runs/model --tasks STSBenchmark --out runs/eval.json
     synthembed passkey --model runs/model --lengths 256,512 --rope-bases 10000,100000 --out runs/passkey
     synthembed study --profile smoke
@@ -18,13 +20,15 @@ import argparse
 import importlib
 import sys
 
-from .errors import SynthembedError
+from .errors import SynthembedError, storage_error
 
 # name -> (module that implements it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("synthembed.generation.commands", "brainstorm tasks and generate synthetic examples with an LLM (resumable)"),
     "stats": ("synthembed.generation.commands", "summarise a generation run: counts by group, language, rejection reason; plots"),
+    "curate": ("synthembed.curation.commands", "filter a generation run: near-duplicates, evaluation overlap, false negatives, an LLM judge"),
     "train": ("synthembed.training.commands", "contrastive (InfoNCE) LoRA training of an embedding model"),
+    "export": ("synthembed.training.export_commands", "write a trained model's card; push it to the Hub"),
     "evaluate": ("synthembed.evaluation.commands", "evaluate a model on MTEB tasks or local task directories"),
     "passkey": ("synthembed.evaluation.commands", "personalized passkey retrieval over lengths and RoPE bases"),
     "study": ("synthembed.study", "run the numbered notebooks headless with papermill for a profile"),
@@ -74,6 +78,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"synthembed {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        # A full disk or a read-only folder met by a write that no code of ours wraps (a library's, an appended line):
+        # a message naming the file where the error names one, else the command's --out; any other error is a bug and
+        # keeps its traceback.
+        named = getattr(err, "filename", None)
+        out = getattr(args, "out", None)
+        converted = storage_error(err, named or out, "" if named or not out else "--out", write=False)
+        if converted is None:
+            raise
+        print(f"synthembed {args.command}: error: {converted}", file=sys.stderr)
+        return 2
     return int(code or 0)
 
 

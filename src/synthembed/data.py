@@ -11,6 +11,7 @@ Every reader raises SynthembedError naming the file and line at fault, never a b
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -56,13 +57,36 @@ def format_query(task: str | None, query: str) -> str:
 # --- JSONL ----------------------------------------------------------------------------------------------------------
 
 
+def read_text(path: str | Path) -> str:
+    """A data file's text; a byte that is not UTF-8 is a SynthembedError naming the file and the line.
+
+    >>> read_text("/dev/null")
+    ''
+    """
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line, line_start = data.count(b"\n", 0, err.start) + 1, data.rfind(b"\n", 0, err.start) + 1
+        raise SynthembedError(
+            f"{path}, line {line}: not UTF-8 text (byte {data[err.start]:#04x} at offset {err.start - line_start} of "
+            "the line)"
+        ) from None
+
+
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line; a malformed line raises naming file and line."""
     path = Path(path)
     if not path.is_file():
         raise SynthembedError(f"{path}: no such file")
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:  # decoded line by line, so a byte that is not UTF-8 is reported with its line
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise SynthembedError(
+                    f"{path}, line {number}: not UTF-8 text (byte {raw[err.start]:#04x} at offset {err.start} of the line)"
+                ) from None
             if not line.strip():
                 continue
             try:
@@ -127,7 +151,7 @@ def read_beir(
             raise SynthembedError(f"{directory / 'queries.jsonl'}, line {number}: needs _id and text")
         all_queries[str(row["_id"])] = row["text"]
     qrels: dict[str, dict[str, int]] = {}
-    with qrels_path.open(encoding="utf-8") as handle:
+    with io.StringIO(read_text(qrels_path), newline=None) as handle:  # lines as a text-mode file gives them
         for number, line in enumerate(handle, start=1):
             parts = line.rstrip("\n").split("\t")
             if not line.strip():
@@ -161,8 +185,7 @@ def read_sts(path: str | Path) -> list[tuple[str, str, float]]:
     if not path.is_file():
         raise SynthembedError(f"{path}: no such file")
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        lines = handle.read().splitlines()
+    lines = read_text(path).splitlines()
     is_sick = bool(lines) and lines[0].startswith("pair_ID")
     for number, line in enumerate(lines, start=1):
         if not line.strip() or (is_sick and number == 1):
@@ -183,7 +206,7 @@ def read_classification(path: str | Path) -> list[tuple[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise SynthembedError(f"{path}: no such file")
-    with path.open(encoding="utf-8", newline="") as handle:
+    with io.StringIO(read_text(path), newline="") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or not {"text", "category"} <= set(reader.fieldnames):
             raise SynthembedError(f"{path}: expected the header text,category, found {reader.fieldnames}")
@@ -206,8 +229,8 @@ def read_tatoeba(directory: str | Path) -> dict[str, tuple[list[str], list[str]]
         english = directory / f"tatoeba.{lang}-eng.eng"
         if not english.is_file():
             raise SynthembedError(f"{source}: its English side {english.name} is missing")
-        left = source.read_text(encoding="utf-8").splitlines()
-        right = english.read_text(encoding="utf-8").splitlines()
+        left = read_text(source).splitlines()
+        right = read_text(english).splitlines()
         if len(left) != len(right):
             raise SynthembedError(f"{source.name} has {len(left)} lines but {english.name} has {len(right)}")
         pairs[lang] = (left, right)
@@ -222,7 +245,7 @@ def read_flores(directory: str | Path, split: str = "devtest") -> dict[str, list
     files = sorted(directory.glob(f"*.{split}"))
     if not files:
         raise SynthembedError(f"{directory}: no *.{split} FLORES files")
-    sentences = {f.name[: -len(split) - 1]: f.read_text(encoding="utf-8").splitlines() for f in files}
+    sentences = {f.name[: -len(split) - 1]: read_text(f).splitlines() for f in files}
     lengths = {len(v) for v in sentences.values()}
     if len(lengths) != 1:
         raise SynthembedError(f"{directory}: FLORES files are not line-aligned (line counts {sorted(lengths)})")

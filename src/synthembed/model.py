@@ -27,10 +27,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config_overrides import GLOBAL_LAYER_TYPE, apply_config_overrides, rope_theta_of  # noqa: F401 (public here)
 from .data import format_query
 from .errors import SynthembedError
 from .model_config import read_model_config
-from .paths import fetch_hint, resolve_model_path
+from .paths import check_model_folder, fetch_hint, resolve_model_path
 from .pooling import POOLING_MODES, check_pooling, last_token_index, pool
 
 # Sentence-transformers' names for its pooling modes -> ours.
@@ -51,67 +52,6 @@ def is_decoder_only(config) -> bool:
 
     kind = getattr(config, "model_type", None)
     return kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
-
-
-# The layer type that reads the whole context in models with per-layer-type RoPE (Gemma 3: every 6th layer; the others
-# are local, sliding-window layers).
-GLOBAL_LAYER_TYPE = "full_attention"
-
-
-def _rope_parameters(config) -> dict[str, Any] | None:
-    """The RoPE parameters a config's RoPE base override and read-back act on, or None where it has none (transformers
-    4 keeps `config.rope_theta`). A flat dict (Llama, Mistral, Qwen2) applies to every layer; a dict nested per layer
-    type (Gemma 3: {"full_attention": {...}, "sliding_attention": {...}}) gives the full-attention layers' entry."""
-    params = getattr(config, "rope_parameters", None)
-    if not isinstance(params, dict):
-        return None
-    if params and all(isinstance(v, dict) for v in params.values()):  # nested per layer type
-        if GLOBAL_LAYER_TYPE not in params:
-            raise SynthembedError(
-                f"{type(config).__name__} keeps RoPE parameters per layer type ({', '.join(params)}) but none for "
-                f"{GLOBAL_LAYER_TYPE!r}, the layers that read the whole context"
-            )
-        return params[GLOBAL_LAYER_TYPE]
-    return params
-
-
-def apply_config_overrides(config, overrides: dict[str, Any] | None) -> dict[str, Any]:
-    """Set attributes on a transformers config before the model is built; returns the settings as they took effect.
-
-    `rope_theta` goes into `config.rope_parameters` where the config has one (transformers 5), else onto the config.
-    Where the RoPE parameters are kept per layer type (Gemma 3's global `full_attention` and local
-    `sliding_attention` layers), it sets the full-attention layers' base: they are the ones that read the long context,
-    while the local layers never see more than `sliding_window` tokens, so their base is left as trained.
-    `sliding_window` is the local layers' window there, and cannot be None: they need one.
-    """
-    effective: dict[str, Any] = {}
-    for key, value in (overrides or {}).items():
-        params = _rope_parameters(config) if key == "rope_theta" else None
-        if params is not None:
-            params["rope_theta"] = float(value)
-            effective[key] = params["rope_theta"]
-            continue
-        if not hasattr(config, key):
-            raise SynthembedError(f"config override {key!r}: {type(config).__name__} has no such setting")
-        has_local_layers = "sliding_attention" in (getattr(config, "layer_types", None) or ())
-        if key == "sliding_window" and value is None and has_local_layers:
-            raise SynthembedError(
-                f"{type(config).__name__} has sliding-window layers, which cannot run without a window; to let them "
-                "see the whole context, give a window at least as long as the longest document"
-            )
-        setattr(config, key, value)
-        effective[key] = getattr(config, key)
-    return effective
-
-
-def rope_theta_of(config) -> float | None:
-    """The RoPE base a config will use, wherever this transformers version keeps it; for a model with RoPE parameters
-    per layer type (Gemma 3), the full-attention layers' base (the one apply_config_overrides sets)."""
-    params = _rope_parameters(config)
-    if params is not None and "rope_theta" in params:
-        return float(params["rope_theta"])
-    theta = getattr(config, "rope_theta", None)
-    return float(theta) if theta is not None else None
 
 
 @dataclass
@@ -330,6 +270,7 @@ def load_embedder(
     """
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+    check_model_folder(name_or_path)
     resolved = resolve_model_path(name_or_path)
     source = _inspect_source(resolved)
     device = torch.device(device) if device is not None else default_device()
@@ -340,7 +281,7 @@ def load_embedder(
     try:
         config = AutoConfig.from_pretrained(source.weights)
         tokenizer = AutoTokenizer.from_pretrained(source.tokenizer)
-    except OSError as err:
+    except (OSError, ValueError) as err:  # ValueError: a config.json with no or an unknown model_type
         hint = fetch_hint(name_or_path)
         raise SynthembedError(
             f"cannot load model {name_or_path!r}: {str(err).splitlines()[0]}" + (f"; {hint}" if hint else "")

@@ -138,3 +138,34 @@ def resolve_model_path(name_or_path: str) -> str:
         except SynthembedError:
             return name_or_path  # not fetched: the hub may still have it (online users)
     return name_or_path
+
+
+# What makes a folder a model: config.json (transformers, sentence-transformers, our merged export) or
+# adapter_config.json (a LoRA adapter, our adapter export).
+MODEL_FILES = ("config.json", "adapter_config.json")
+
+
+def check_model_folder(name_or_path: str, what: str = "model") -> None:
+    """Refuse a local path that is not a model folder (an empty folder, a training run's --out, a file), naming `what`
+    (e.g. "--base-model") and the path, where transformers would fail with a ValueError about `model_type`. A hub id or
+    a path that does not exist is left to the loader, whose error says so.
+
+    >>> check_model_folder("/tmp")  # doctest: +SKIP
+    Traceback (most recent call last):
+    synthembed.errors.SynthembedError: model /tmp is a folder but not a model: it has no config.json ...
+    """
+    path = Path(resolve_model_path(name_or_path)).expanduser()
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise SynthembedError(f"{what} {name_or_path} is a file, not a model folder (one with config.json)")
+    if any((path / name).is_file() for name in MODEL_FILES):
+        return
+    exports = [path / sub for sub in ("merged", "adapter") if any((path / sub / f).is_file() for f in MODEL_FILES)]
+    hint = f"; did you mean {exports[0]} (the model a training run exported)?" if exports else ""
+    held = sorted(p.name for p in path.iterdir())
+    shown = ", ".join(held[:6]) + (", ..." if len(held) > 6 else "") if held else "nothing"
+    raise SynthembedError(
+        f"{what} {name_or_path} is a folder but not a model: it has no {' or '.join(MODEL_FILES)} (it holds {shown})"
+        + hint
+    )

@@ -102,6 +102,24 @@ def generation_plots(stats: dict, out_dir) -> list[Path]:
     return paths
 
 
+def plot_score_margins(scores: list[dict], margin: float | None = 0.0, path=None):
+    """Histogram of positive-minus-negative cosines per task group (curation's scores.jsonl rows); left of the dashed
+    line the negative outscores the positive by more than `margin` and the example was dropped as a false negative."""
+    groups: dict[str, list[float]] = {}
+    for row in scores:
+        if row.get("margin") is not None:
+            groups.setdefault(row["task_type"], []).append(row["margin"])
+    fig, ax = new_figure(7, 3.6)
+    ax.hist(list(groups.values()) or [[]], bins=30, stacked=True, label=list(groups) or None)
+    if margin is not None:
+        ax.axvline(-margin, color="black", linestyle="--", label=f"drop below {-margin + 0:g}")
+    ax.set_xlabel("cos(query, positive) - cos(query, negative)")
+    ax.set_ylabel("examples")
+    ax.set_title("Score margins of the hard negatives")
+    ax.legend(fontsize=8)
+    return save(fig, path)
+
+
 # --- training (notebook 03) --------------------------------------------------------------------------------------
 
 
@@ -179,9 +197,9 @@ def _grouped_bars(ax, labels: list[str], series: dict[str, list[float | None]], 
 
 
 def plot_task_scores(table, path=None, title: str = "Main score per task (x100), ours beside published"):
-    """Bars per task from `synthembed.evaluation.tables.task_table` (columns after task/kind/metric/data are runs or
-    published); a task that ran on a subset says so under its name."""
-    series_names = [c for c in table.columns if c not in ("task", "kind", "metric", "data")]
+    """Bars per task from `synthembed.evaluation.tables.task_table` (the columns other than task/kind/metric and the
+    notes data/protocol are runs or published); a task that ran on a subset says so under its name."""
+    series_names = [c for c in table.columns if c not in ("task", "kind", "metric", "data", "protocol")]
     fig, ax = new_figure(max(7.0, 1.2 * len(table) + 3), 4.5)
     series = {name: [None if v != v else v for v in table[name].tolist()] for name in series_names}  # NaN -> None
     notes = table["data"].tolist() if "data" in table.columns else [None] * len(table)

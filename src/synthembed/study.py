@@ -2,11 +2,17 @@
 
     synthembed study --profile smoke            # every notebook, offline, CPU, minutes
     synthembed study --profile default --only 02,03
+    synthembed study --profile cpu --out runs/cpu-study --only 04,05,06    # continue a study: the notebooks not yet run
+    synthembed study --profile cpu --out runs/cpu-study --only 04 --overwrite    # run a finished notebook again
 
 Profiles are params/<profile>.yaml: a `common` section given to every notebook, and one section per notebook stem
 (`02_generate:`). Papermill only warns about a parameter that a notebook does not declare; here it is an error, found
 before anything runs. Executed notebooks go to runs/<timestamp>/, and each notebook's key numbers, recorded with
 `record_results`, are merged into runs/<timestamp>/results.json for tests to read back.
+
+One study at a time works in a run directory (files.folder_lock). A notebook that already finished there (papermill
+recorded its end and no error) is not run again, and so not overwritten, without `overwrite=True` (`--overwrite`):
+running the ones not yet run, or run again one that failed or was killed, needs no flag.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import Any
 import yaml
 
 from .errors import SynthembedError
+from .files import folder_lock
 from .paths import repo_root
 
 PROFILES = ("smoke", "cpu", "default", "paper")
@@ -100,6 +107,35 @@ def _select(notebooks: list[Path], only: str | None) -> list[Path]:
     return chosen
 
 
+def finished_at(executed: Path) -> str | None:
+    """When papermill finished executing `executed` without an error (its recorded end time), or None: no such file, or
+    a run that failed or was killed part way (no end time, or an exception recorded)."""
+    try:
+        papermill_meta = json.loads(executed.read_text(encoding="utf-8")).get("metadata", {}).get("papermill", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(papermill_meta, dict) or papermill_meta.get("exception") or not papermill_meta.get("end_time"):
+        return None
+    return str(papermill_meta["end_time"])
+
+
+def _refuse_finished(run_dir: Path, chosen: list[Path], all_notebooks: list[Path]) -> None:
+    """A SynthembedError naming the chosen notebooks that already finished in `run_dir` (running one again would
+    overwrite it), and how to go on; nothing where there are none."""
+    finished = {nb.name[:2]: finished_at(run_dir / nb.name) for nb in chosen}
+    finished = {number: when for number, when in finished.items() if when}
+    if not finished:
+        return
+    rest = [nb.name[:2] for nb in all_notebooks if not finished_at(run_dir / nb.name)]
+    go_on = (f"--only {','.join(rest)} runs those not finished yet" if rest else "every notebook has finished there")
+    raise SynthembedError(
+        f"--out {run_dir} already holds finished notebook(s) "
+        + ", ".join(f"{number} (finished {when[:19].replace('T', ' ')})" for number, when in sorted(finished.items()))
+        + f"; running them again would overwrite them and their results. {go_on}; --overwrite runs them again; or "
+        "choose another --out"
+    )
+
+
 def run_study(
     profile: str = "smoke",
     only: str | None = None,
@@ -107,14 +143,13 @@ def run_study(
     notebooks: Path | None = None,
     params: Path | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Execute the notebooks for `profile`; returns the run directory (executed notebooks + results.json).
 
-    Every notebook's parameters are checked before the first one runs, so a typo in a profile costs nothing.
+    Every notebook's parameters are checked before the first one runs, so a typo in a profile costs nothing. A
+    notebook that already finished in `out` is refused unless `overwrite` (see the module's docstring).
     """
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
     settings = load_profile(profile, params)
     chosen = _select(list_notebooks(notebooks), only)
     if not chosen:
@@ -126,9 +161,19 @@ def run_study(
         raise SynthembedError(f"params/{profile}.yaml has sections for notebooks that do not exist: {unknown_sections}")
     run_dir = Path(out) if out else repo_root() / "runs" / time.strftime("%Y%m%d-%H%M%S")
     run_dir = run_dir.resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
     injected = {"run_dir": str(run_dir), "profile": profile}
     plan = [(nb, notebook_parameters(nb, settings, injected)) for nb in chosen]
+    with folder_lock(run_dir, "synthembed study"):
+        if not overwrite:
+            _refuse_finished(run_dir, chosen, list_notebooks(notebooks))
+        _execute(plan, run_dir, profile, progress)
+        merge_results(run_dir)
+    return run_dir
+
+
+def _execute(plan: list[tuple[Path, dict[str, Any]]], run_dir: Path, profile: str, progress: bool) -> None:
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
 
     for nb, nb_params in plan:
         target = run_dir / nb.name
@@ -150,8 +195,6 @@ def run_study(
                 f"{err.ename}: {err.evalue}; the partly executed notebook is {target}"
             ) from None
         print(f"[study] {nb.name} done in {time.perf_counter() - started:.1f} s", flush=True)
-    merge_results(run_dir)
-    return run_dir
 
 
 def record_results(run_dir: str | Path, notebook: str, **numbers: Any) -> Path:
@@ -188,10 +231,13 @@ def merge_results(run_dir: str | Path) -> dict[str, Any]:
 def configure_study_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="smoke", help=f"parameter profile, params/<profile>.yaml ({', '.join(PROFILES)})")
     parser.add_argument("--only", default=None, help="comma-separated notebook numbers, e.g. 01,02")
-    parser.add_argument("--out", default=None, help="run directory (default runs/<timestamp>)")
+    parser.add_argument("--out", default=None, help="run directory (default runs/<timestamp>); on an existing one, runs "
+                        "the notebooks not finished there yet")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="run notebooks that already finished in --out again, overwriting them and their results")
 
 
 def run_study_command(args: argparse.Namespace) -> int:
-    run_dir = run_study(profile=args.profile, only=args.only, out=args.out)
+    run_dir = run_study(profile=args.profile, only=args.only, out=args.out, overwrite=args.overwrite)
     print(f"[study] executed notebooks and results.json in {run_dir}")
     return 0

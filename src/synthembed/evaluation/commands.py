@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import SynthembedError
+from ..files import check_writable
+from ..paths import check_model_folder
 from .cache import CACHE_ENV
 from .run import INSTRUCTION_MODES
 
@@ -176,6 +178,8 @@ def run_passkey_command(args: argparse.Namespace) -> int:
             f"{out / 'grid.json'} exists: finished results are never overwritten; choose another --out"
         )
     settings = grid_settings(_base_list(args.rope_bases), _window_list(args.sliding_windows))
+    check_model_folder(args.model, "--model")  # before building the data with its tokenizer
+    check_writable(out, "--out")  # now, not after every length has run
     grid = run_passkey_grid(
         args.model,
         _int_list(args.lengths),

@@ -111,10 +111,21 @@ def rope_bases_in_attention(model) -> dict[str, float]:
 def rope_theta_in_attention(model) -> float | None:
     """The RoPE base the attention that reads the whole context uses: the full-attention layers' where the base is set
     per layer type (see model.apply_config_overrides), else the one every layer uses. None when there is none."""
-    from ..model import GLOBAL_LAYER_TYPE
+    from ..config_overrides import GLOBAL_LAYER_TYPE
 
     bases = rope_bases_in_attention(model)
     return bases.get(GLOBAL_LAYER_TYPE, bases.get("all"))
+
+
+def sliding_window_in_attention(model) -> int | None:
+    """The widest sliding window the attention layers of a loaded model really use (None: every layer reads the whole
+    context). Qwen2 and Gemma 3 attention modules keep their own window (None in full-attention layers), fixed when
+    the model is built; Mistral's read `config.sliding_window` on every call, so there the config is what counts."""
+    windows = [m.sliding_window for m in model.modules() if type(m).__name__.endswith("Attention")
+               and hasattr(m, "sliding_window")]  # fmt: skip
+    if not windows:
+        return getattr(model.config, "sliding_window", None)
+    return max((w for w in windows if w), default=None)
 
 
 def effective_settings(emb: TransformerEmbedder) -> dict[str, Any]:
@@ -123,7 +134,7 @@ def effective_settings(emb: TransformerEmbedder) -> dict[str, Any]:
     `rope_theta` is the base of the layers that read the whole context; `local_rope_theta_in_attention` is the base of
     local sliding-window layers where those have their own (Gemma 3), else None.
     """
-    from ..model import rope_theta_of
+    from ..config_overrides import rope_theta_of
 
     config = emb.model.config
     return {
@@ -131,6 +142,7 @@ def effective_settings(emb: TransformerEmbedder) -> dict[str, Any]:
         "rope_theta_in_attention": rope_theta_in_attention(emb.model),
         "local_rope_theta_in_attention": rope_bases_in_attention(emb.model).get("sliding_attention"),
         "sliding_window": getattr(config, "sliding_window", None),
+        "sliding_window_in_attention": sliding_window_in_attention(emb.model),
         "max_position_embeddings": getattr(config, "max_position_embeddings", None),
         "attn_implementation": getattr(config, "_attn_implementation", None),
         "dtype": str(next(emb.model.parameters()).dtype).replace("torch.", ""),
@@ -326,10 +338,11 @@ def _check_took_effect(setting: PasskeySetting, effective: dict[str, Any]) -> No
             got = effective[key]
             if got is not None and not math.isclose(got, setting.rope_theta, rel_tol=0.02):
                 raise SynthembedError(f"asked for RoPE base {setting.rope_theta:g}, but the model's {key} is {got:g}")
-    if setting.sliding_window is not None and effective["sliding_window"] != (setting.sliding_window or None):
-        raise SynthembedError(
-            f"asked for sliding window {setting.sliding_window}, the model has {effective['sliding_window']}"
-        )
+    if setting.sliding_window is not None:
+        for key in ("sliding_window", "sliding_window_in_attention"):
+            if effective[key] != (setting.sliding_window or None):
+                raise SynthembedError(f"asked for sliding window {setting.sliding_window}, the model's {key} is "
+                                      f"{effective[key]}")  # fmt: skip
 
 
 # --- mteb's LEMBPasskeyRetrieval (LongEmbed) --------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import SynthembedError
 from ..files import check_writable, without_non_finite, write_json_atomic
 from ..model_config import SYNTHEMBED_CONFIG, read_model_config
-from ..paths import resolve_model_path
+from ..paths import check_model_folder, resolve_model_path
 from .cache import (
     EmbeddingCache,
     cache_writable,
@@ -93,6 +93,8 @@ def evaluate_model(
 
     start = time.perf_counter()
     out = _check_arguments(instructions, out, overwrite, data_dir)
+    if embedder is None:
+        check_model_folder(model, "--model")  # before the tasks are read
     task_objects = [t for t in tasks if not isinstance(t, str | os.PathLike)]
     names = [str(t) for t in tasks if isinstance(t, str | os.PathLike)]
     resolved = task_objects + (resolve_tasks(names, data_dir, limit=limit, languages=languages) if names else [])
@@ -184,7 +186,8 @@ def _embedder_and_fingerprint(
             model_hash = model_fingerprint(model, embedder, memo)
     else:
         model_hash = model_fingerprint(model, embedder, memo)
-    write_file_hashes(cache_root, memo)
+    if use_cache:  # --no-cache (or an unwritable cache) writes nothing there
+        write_file_hashes(cache_root, memo)
     return embedder, model_hash
 
 
@@ -290,7 +293,7 @@ def uses_instructions(name_or_path: str, embedder: Embedder | None = None) -> bo
         source = resolve_model_path(json.loads(adapter.read_text()).get("base_model_name_or_path") or source)
     try:
         return is_decoder_only(AutoConfig.from_pretrained(source))
-    except OSError as err:
+    except (OSError, ValueError) as err:  # ValueError: a config.json with no or an unknown model_type
         raise SynthembedError(f"cannot load model {name_or_path!r}: {str(err).splitlines()[0]}") from None
 
 

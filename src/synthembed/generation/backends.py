@@ -26,7 +26,7 @@ from ..errors import SynthembedError
 from ..taskgroups import MARKER_HEADER
 from .llm import CacheMiss, ChatRequest, ChatResponse, LLMError, RetryableError, redact
 
-BACKENDS = ("openai", "transformers", "replay")
+BACKENDS = ("openai", "transformers", "replay", "openai-batch")
 
 
 def _retry_after_seconds(headers: Any) -> float | None:
@@ -75,7 +75,8 @@ def _chat_response(reply: Any, request: ChatRequest) -> ChatResponse:
 
 
 class OpenAIBackend:
-    """Chat completions from an OpenAI-compatible server, one request per call, up to `concurrency` at once.
+    """Chat completions from an OpenAI-compatible server, one request per call, up to `concurrency` at once, each
+    attempt given at most `timeout` seconds in all.
 
     The key and the base URL come from OPENAI_API_KEY / OPENAI_BASE_URL (or `base_url=`); a local server without
     authentication needs no key. Retries are the LLMClient's, so the openai client's own are switched off.
@@ -116,9 +117,13 @@ class OpenAIBackend:
         if request.marker is not None:
             kwargs["extra_headers"] = {MARKER_HEADER: request.marker}
         try:
-            reply = await self._client.chat.completions.create(
+            # The client's own timeout bounds each socket read, so a server that trickles a byte a second would never
+            # trip it: wait_for makes `timeout` the deadline of the whole attempt, connection to last byte.
+            reply = await asyncio.wait_for(self._client.chat.completions.create(
                 model=request.model, messages=[dict(m) for m in request.messages], **kwargs
-            )
+            ), self.timeout)
+        except asyncio.TimeoutError:
+            raise RetryableError(f"no complete answer within {self.timeout:g} s", "timeout") from None
         except openai.RateLimitError as err:
             raise RetryableError(f"rate limited: {err.message}", "rate_limit", _retry_after_seconds(err.response.headers)) from None
         except openai.APITimeoutError:
@@ -286,9 +291,24 @@ class ReplayBackend:
 
 
 def make_backend(name: str, model: str | None = None, base_url: str | None = None, concurrency: int = 8,
-                 timeout: float = 120.0, batch_size: int = 8, max_new_tokens: int = 1024) -> Any:
-    """A backend by name: "openai", "transformers" (`model` is a local path or hub id) or "replay"."""
+                 timeout: float = 120.0, batch_size: int = 8, max_new_tokens: int = 1024,
+                 state_dir: str | os.PathLike | None = None, stand_in: bool = False) -> Any:
+    """A backend by name: "openai", "transformers" (`model` is a local path or hub id), "replay", or "openai-batch"
+    (batch.py; `state_dir` is the run directory that records its batches, `stand_in` the loopback stand-in)."""
+    if name == "openai-batch":
+        from .batch import OpenAIBatchBackend
+
+        if state_dir is None:
+            raise SynthembedError("the openai-batch backend needs the run directory (state_dir) to record its batches")
+        # The stand-in answers a batch in seconds; OpenAI's take minutes to hours.
+        return OpenAIBatchBackend(state_dir, base_url=base_url, markers=stand_in, timeout=timeout,
+                                  poll_interval=0.2 if stand_in else 30.0)
     if name == "openai":
+        urls = [url.strip() for url in (base_url or os.environ.get("OPENAI_BASE_URL") or "").split(",") if url.strip()]
+        if len(urls) > 1:  # several servers: `concurrency` requests in flight on each (endpoints.py)
+            from .endpoints import MultiEndpointBackend
+
+            return MultiEndpointBackend([OpenAIBackend(url, concurrency, timeout) for url in urls])
         return OpenAIBackend(base_url=base_url, concurrency=concurrency, timeout=timeout)
     if name == "transformers":
         if not model:
@@ -296,4 +316,4 @@ def make_backend(name: str, model: str | None = None, base_url: str | None = Non
         return TransformersBackend(model, batch_size=batch_size, max_new_tokens=max_new_tokens)
     if name == "replay":
         return ReplayBackend()
-    raise SynthembedError(f"unknown backend {name!r} (choose openai, transformers or replay)")
+    raise SynthembedError(f"unknown backend {name!r} (choose {', '.join(BACKENDS)})")

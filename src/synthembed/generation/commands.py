@@ -4,6 +4,7 @@ of LLM endpoint.
 
     synthembed generate --out runs/gen --model gpt-4o-mini --tasks-per-type 4 --examples-per-task 3 --max-cost 2
     synthembed generate --out runs/gen                  # resume: settings and endpoint come from its config.json
+                                                        # (exit status 3: incomplete, run it again to retry the rest)
     synthembed stats runs/gen --plots runs/gen/plots
 
     with open_endpoint("llama-cpp", model="Qwen/Qwen2.5-Coder-0.5B-Instruct") as endpoint:     # or "loopback", "openai"
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +32,11 @@ from .backends import BACKENDS
 from .cache import ResponseCache
 from .pipeline import AUTO_WORKERS_CONCURRENCY, generate
 from .plan import GenerateConfig
-from .stats import format_stats, load_stats
+from .plan_only import configure_plan_arguments, run_plan
+from .stats import format_stats, load_stats, missing_requests
+
+# The exit status of a `generate` that ended with requests still unanswered (2 is a usage or input error).
+INCOMPLETE_EXIT = 3
 
 if TYPE_CHECKING:
     from ..testing.loopback import Faults
@@ -40,7 +46,7 @@ def configure_generate_parser(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Brainstorm tasks and generate synthetic examples with an LLM (E5-mistral section 3.1). "
                           "Running it again on the same --out resumes; the API key is read from OPENAI_API_KEY only.")
     parser.add_argument("--out", required=True, help="run directory (examples.jsonl, tasks.jsonl, rejects.jsonl, stats.json, ...)")
-    parser.add_argument("--backend", choices=BACKENDS, default=None, help="openai (default), transformers or replay")
+    parser.add_argument("--backend", choices=BACKENDS, default=None, help="openai (default), transformers, replay, or openai-batch (OpenAI's Batch API at half price; batch.py)")
     parser.add_argument("--model", default=None, help="model name (openai), local path or hub id (transformers); default gpt-4o-mini")
     parser.add_argument("--task-types", default=None, help=f"comma list of groups (default all: {','.join(TASK_TYPES)})")
     parser.add_argument("--tasks-per-type", type=int, default=None, help="brainstormed tasks per asymmetric group, and "
@@ -64,14 +70,17 @@ def configure_generate_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight at once (openai backend)")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per generate() call (transformers backend)")
     parser.add_argument("--max-cost", type=float, default=None, help="stop sending requests once this many USD are spent")
-    parser.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (default OPENAI_BASE_URL, else OpenAI)")
+    parser.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (default OPENAI_BASE_URL, else OpenAI); "
+                        "a comma list spreads requests over several servers, --concurrency on each (endpoints.py)")
     parser.add_argument("--cache", default=None, help=f"response cache file (default OUT/{rundir.CACHE_FILE}); replay reads it")
     parser.add_argument("--prices", default=None, help="JSON/YAML price table {model: {input: USD/1M, output: USD/1M}}")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds before a request is abandoned and retried")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds one attempt at a request may take in all, connection to "
+                        "last byte (a server that trickles its answer is cut off too), before it is abandoned and retried")
     parser.add_argument("--workers", type=int, default=None,
                         help="processes that parse and validate replies (0: inline; default: 1 when --concurrency "
                              f"is {AUTO_WORKERS_CONCURRENCY} or more and there are 2+ cores, else 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    configure_plan_arguments(parser)  # --plan-only and its settings (plan_only.py)
 
 
 def _resolve_config(args: argparse.Namespace) -> GenerateConfig:
@@ -98,9 +107,11 @@ def run_generate_command(args: argparse.Namespace) -> int:
     runtime = (rundir.read_config(args.out) or {}).get("runtime", {})
     if args.backend is None:  # a resumed run keeps its backend and endpoint unless told otherwise
         args.backend = runtime.get("backend", "openai")
-    if args.base_url is None and args.backend == runtime.get("backend") == "openai":
+    if args.base_url is None and args.backend == runtime.get("backend") and args.backend in ("openai", "openai-batch"):
         args.base_url = runtime.get("base_url")
     config = _resolve_config(args)
+    if args.plan_only:
+        return run_plan(args, config)
     if args.backend == "replay" and args.cache is None and not rundir.cache_path(args.out).is_file():
         raise SynthembedError("--backend replay needs --cache FILE (the response cache of an earlier run)")
     stats = generate(
@@ -108,9 +119,16 @@ def run_generate_command(args: argparse.Namespace) -> int:
         max_cost=args.max_cost, cache=args.cache, prices=args.prices, timeout=args.timeout,
         batch_size=args.batch_size, workers=args.workers, progress=not args.quiet,
     )
+    if stats.get("complete"):
+        return 0
+    # An incomplete run exits non-zero, so a script never goes on to train on part of the data unawares.
     if stats.get("stopped") == "max_cost":
-        print(f"[generate] stopped at --max-cost ${args.max_cost}; run again with a higher --max-cost to continue")
-    return 0
+        print(f"[generate] stopped at --max-cost ${args.max_cost}; run again with a higher --max-cost to continue",
+              file=sys.stderr)
+    else:
+        print(f"[generate] {args.out} is incomplete: {missing_requests(stats)}; run the same command again to retry "
+              "them (answered requests are not sent again)", file=sys.stderr)
+    return INCOMPLETE_EXIT
 
 
 def configure_stats_parser(parser: argparse.ArgumentParser) -> None:

@@ -9,6 +9,7 @@ after normalize_text). The paper removes exact duplicates (section 3.1); near on
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import unicodedata
@@ -30,14 +31,16 @@ class Deduplicator:
     and positive), within a task group."""
 
     def __init__(self) -> None:
-        self.exact: set[str] = set()
-        self.near: set[str] = set()
+        # 16-byte digests of the keys, not the texts: a run of 500k examples would otherwise hold every text twice
+        # (gigabytes); at 128 bits two different keys share a digest with odds far below any other failure.
+        self.exact: set[bytes] = set()
+        self.near: set[bytes] = set()
 
     @staticmethod
-    def _keys(task_type: str, query: str, positive: str, negative: str | None) -> tuple[str, str]:
+    def _keys(task_type: str, query: str, positive: str, negative: str | None) -> tuple[bytes, bytes]:
         exact = json.dumps([task_type, query, positive, negative], ensure_ascii=False)
         near = json.dumps([task_type, normalize_text(query), normalize_text(positive)], ensure_ascii=False)
-        return exact, near
+        return _digest(exact), _digest(near)
 
     def check(self, task_type: str, query: str, positive: str, negative: str | None) -> str | None:
         """None when new (and remembered), else "duplicate" or "near_duplicate"."""
@@ -49,3 +52,7 @@ class Deduplicator:
         self.exact.add(exact)
         self.near.add(near)
         return None
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()

@@ -18,20 +18,28 @@ How resuming stays exact:
   one line at a time, flushed, in plan order. A rerun rebuilds its state from those files, answers the requests it
   already paid for from the cache, and sends only the others. Failed requests (after retries) are written nowhere and
   are tried again by the next run.
+- A run is complete only when every planned request has an answer or a final verdict. A brainstorm request that failed
+  holds its group back: no more brainstorm waves and no generation for it in this session (extra waves would make
+  tasks differ from those of a run without the fault), and the rerun that gets its answer goes on exactly as that run.
+- One process at a time works in a run directory (files.folder_lock); a second one is refused, naming the first.
 - A different config on an existing directory is refused, naming what differs; a finished run is left as it is.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import select
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from ..data import Example, ExampleMeta
 from ..errors import SynthembedError
+from ..files import folder_lock
 from ..taskgroups import TASK_TYPES
 from . import rundir
 from .backends import make_backend
@@ -82,6 +90,9 @@ class _Run:
         for e in examples:
             self.dedup.check(e["task_type"], e["query"], e["positive"], e.get("negative"))
         self.pool = None  # a ProcessPoolExecutor for judging replies, set when workers are asked for
+        # Per brainstorm group: its requests of this session that got no answer (failed after retries, or not sent once
+        # the budget was spent). Such a group waits: it gets no generation requests until a rerun answers them.
+        self.unanswered: dict[str, int] = {}
         self.files = rundir.Appender(out)
 
     def close(self) -> None:
@@ -166,6 +177,8 @@ class _Run:
         per_reply = TASKS_PER_BRAINSTORM // 2
         wave = []
         for t in self.config.brainstorm_groups:
+            if t in self.unanswered:
+                continue
             missing = self.config.tasks_wanted(t) - len(tasks[t])
             count = min(-(-missing // per_reply), self.config.brainstorm_rounds - next_round[t]) if missing > 0 else 0
             wave += [brainstorm_plan(self.config, t, next_round[t] + i) for i in range(count)]
@@ -195,10 +208,13 @@ class _Run:
         next_round = dict.fromkeys(groups, 0)
         for wave_index in range(self.config.brainstorm_rounds):
             wave = self._wave(tasks, next_round)
-            if not wave or self.client.stopped:
+            if not wave:
                 break
+            answered = set()
             async for planned, answer in self.answers(wave, f"brainstorm {wave_index + 1}"):
                 group = planned.task_type
+                if not isinstance(answer, LLMError):
+                    answered.add(planned.request_id)
                 for task in self._task_list(planned, answer):
                     key = normalize_text(task)
                     if len(tasks[group]) >= self.config.tasks_wanted(group) or key in seen[group]:
@@ -206,9 +222,14 @@ class _Run:
                     seen[group].add(key)
                     tasks[group].append(task)
                     rows.append({"task_type": group, "task": task, "request_id": planned.request_id})
+            for planned in wave:
+                if planned.request_id not in answered:
+                    self.unanswered[planned.task_type] = self.unanswered.get(planned.task_type, 0) + 1
+        # tasks.jsonl holds the tasks generation uses: those of a waiting group may still change when it is answered.
+        rows = [r for r in rows if r["task_type"] not in self.unanswered]
         rows.sort(key=lambda r: TASK_TYPES.index(r["task_type"]))
         rundir.write_tasks(self.out, rows)
-        return tasks
+        return {t: [] if t in self.unanswered else found for t, found in tasks.items()}
 
     # --- step 2: generate -------------------------------------------------------------------------------------------
 
@@ -283,11 +304,37 @@ def check_budget(max_cost: float | None, models: list[str], prices: dict, paid: 
         )
 
 
-def _warm_worker() -> None:
-    """Load the language detector once per worker process, before the first reply arrives."""
+def _start_worker(run_pid: int) -> None:
+    """Set up a judging worker process: end it with the run, and load the language detector once, before the first
+    reply arrives."""
+    _end_with(run_pid)
     from .parsing import detect_language
 
     detect_language("warm up the detector")
+
+
+def _end_with(pid: int) -> None:
+    """End this process as soon as process `pid` ends, however it ends (SIGKILL and SIGTERM included). A worker's parent
+    is multiprocessing's forkserver, which itself stays up while any worker lives, so neither would ever notice that
+    the run is gone (measured: both kept running after a SIGKILL); PR_SET_PDEATHSIG would watch the forkserver, not the
+    run. A pidfd becomes readable when its process ends; without one (not Linux), the run is looked for every second."""
+    try:
+        handle = os.pidfd_open(pid)
+    except ProcessLookupError:
+        os._exit(1)
+    except (AttributeError, OSError):
+        handle = None
+
+    def watch() -> None:
+        if handle is not None:
+            select.select([handle], [], [])
+        else:  # signal 0 finds the run for as long as it exists
+            with contextlib.suppress(ProcessLookupError):
+                while not os.kill(pid, 0):
+                    time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="end-with-run", daemon=True).start()
 
 
 def _run_session(run: _Run, backend: Any, workers: int) -> tuple[list[Planned], dict[str, float]]:
@@ -298,7 +345,7 @@ def _run_session(run: _Run, backend: Any, workers: int) -> tuple[list[Planned], 
 
         # forkserver: forking a process that runs threads (the loopback server, the event loop) is not safe
         run.pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"),
-                                                          initializer=_warm_worker)
+                                                          initializer=_start_worker, initargs=(os.getpid(),))
     timing: dict[str, float] = {}
 
     async def steps() -> list[Planned]:
@@ -354,42 +401,51 @@ def generate(
     config = config or GenerateConfig()
     workers = auto_workers(concurrency) if workers is None else workers
     out = Path(out)
-    resumed = rundir.check_out_dir(out, config.as_dict())
-    cache_file = rundir.cache_path(out, cache)
-    if backend == "replay" and not cache_file.is_file():
-        raise SynthembedError(f"replay needs an existing response cache; {cache_file} does not exist (--cache FILE)")
-    previous = (rundir.read_stats(out, missing_ok=True) or {}) if resumed else {}
-    if previous.get("complete"):
+    with folder_lock(out, "synthembed generate"):  # two processes on one run would both append
+        resumed = rundir.check_out_dir(out, config.as_dict())
+        cache_file = rundir.cache_path(out, cache)
+        if backend == "replay" and not cache_file.is_file():
+            raise SynthembedError(f"replay needs an existing response cache; {cache_file} does not exist (--cache FILE)")
+        previous = (rundir.read_stats(out, missing_ok=True) or {}) if resumed else {}
+        if previous.get("complete"):
+            if progress:
+                print(f"[generate] {out} is already complete ({previous.get('accepted')} examples); nothing to do")
+            return previous
+        price_table = load_prices(prices if isinstance(prices, (str, Path)) else None,
+                                  prices if isinstance(prices, dict) else None)
+        backend_name = backend if isinstance(backend, str) else getattr(backend, "name", type(backend).__name__)
+        check_budget(max_cost, [config.model, *(config.model_shares or {})], price_table,
+                     paid=backend_name in ("openai", "openai-batch") and not stand_in)
+        if not timeout > 0:  # also NaN
+            raise SynthembedError(f"--timeout must be a number of seconds > 0, not {timeout!r}")
+        endpoint = base_url or (os.environ.get("OPENAI_BASE_URL") if backend_name in ("openai", "openai-batch") else None)
+        runtime = {"backend": backend_name, "base_url": rundir.safe_url(endpoint), "concurrency": concurrency,
+                   "max_cost": max_cost, "cache": str(cache_file), "timeout": timeout, "stand_in": stand_in,
+                   "workers": workers}
+        if backend == "transformers" and len(config.model_shares or {}) > 1:
+            raise SynthembedError("the transformers backend runs one local model; model_shares needs an endpoint that serves "
+                                  "each of its models (--backend openai)")
+        if isinstance(backend, str):  # before anything is written: a missing key leaves no half-made run behind
+            backend = make_backend(backend, model=config.model if backend == "transformers" else None, base_url=base_url,
+                                   concurrency=concurrency, timeout=timeout, batch_size=batch_size,
+                                   max_new_tokens=config.max_tokens or 1024, state_dir=out,
+                                   stand_in=stand_in or config.model.startswith("loopback"))
+        # A backend with its own prices (the Batch API's half price) counts every answer of the run at them.
+        factor = getattr(backend, "price_factor", 1.0)
+        price_table = {m: (i * factor, o * factor) for m, (i, o) in price_table.items()} if factor != 1.0 else price_table
+        out.mkdir(parents=True, exist_ok=True)
+        rundir.write_config(out, config.as_dict(), runtime)
+        response_cache = ResponseCache(cache_file)
+        if response_cache.get_meta("config") is None:
+            response_cache.set_meta("config", json.dumps(config.as_dict()))
+        client = LLMClient(backend, cache=response_cache, prices=price_table, max_cost=max_cost, max_retries=max_retries,
+                           backoff=backoff, seed=config.seed)
+        run = _Run(out, config, client, progress)
+        plan, timing = _run_session(run, backend, workers)
+        stats = compute_stats(out, config, plan, response_cache, price_table, runtime, client, previous, timing,
+                              run.unanswered)
+        response_cache.close()
+        rundir.write_stats(out, stats)
         if progress:
-            print(f"[generate] {out} is already complete ({previous.get('accepted')} examples); nothing to do")
-        return previous
-    price_table = load_prices(prices if isinstance(prices, (str, Path)) else None,
-                              prices if isinstance(prices, dict) else None)
-    backend_name = backend if isinstance(backend, str) else getattr(backend, "name", type(backend).__name__)
-    check_budget(max_cost, [config.model, *(config.model_shares or {})], price_table,
-                 paid=backend_name == "openai" and not stand_in)
-    endpoint = base_url or (os.environ.get("OPENAI_BASE_URL") if backend_name == "openai" else None)
-    runtime = {"backend": backend_name, "base_url": rundir.safe_url(endpoint), "concurrency": concurrency,
-               "max_cost": max_cost, "cache": str(cache_file), "timeout": timeout, "stand_in": stand_in,
-               "workers": workers}
-    if backend == "transformers" and len(config.model_shares or {}) > 1:
-        raise SynthembedError("the transformers backend runs one local model; model_shares needs an endpoint that serves "
-                              "each of its models (--backend openai)")
-    if isinstance(backend, str):  # before anything is written: a missing key leaves no half-made run behind
-        backend = make_backend(backend, model=config.model if backend == "transformers" else None, base_url=base_url,
-                               concurrency=concurrency, timeout=timeout, batch_size=batch_size,
-                               max_new_tokens=config.max_tokens or 1024)
-    out.mkdir(parents=True, exist_ok=True)
-    rundir.write_config(out, config.as_dict(), runtime)
-    response_cache = ResponseCache(cache_file)
-    if response_cache.get_meta("config") is None:
-        response_cache.set_meta("config", json.dumps(config.as_dict()))
-    client = LLMClient(backend, cache=response_cache, prices=price_table, max_cost=max_cost, max_retries=max_retries,
-                       backoff=backoff, seed=config.seed)
-    plan, timing = _run_session(_Run(out, config, client, progress), backend, workers)
-    stats = compute_stats(out, config, plan, response_cache, price_table, runtime, client, previous, timing)
-    response_cache.close()
-    rundir.write_stats(out, stats)
-    if progress:
-        print(summary_line(stats))
-    return stats
+            print(summary_line(stats))
+        return stats

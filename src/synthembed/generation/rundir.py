@@ -23,7 +23,7 @@ from typing import Any, TextIO
 
 from ..data import iter_jsonl
 from ..errors import SynthembedError
-from ..files import replace_atomic, write_json_atomic
+from ..files import folder_entries, replace_atomic, write_json_atomic
 
 CONFIG_FILE = "config.json"
 TASKS_FILE = "tasks.jsonl"
@@ -39,7 +39,21 @@ CACHE_FILE = "cache.sqlite"
 def read_config(out: str | Path) -> dict[str, Any] | None:
     """config.json of a run ({"plan": ..., "runtime": ...}), None where there is none."""
     path = Path(out) / CONFIG_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    return _read_json(path) if path.is_file() else None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON file of the run; one that is not UTF-8, not JSON or not an object is a SynthembedError naming it."""
+    try:
+        obj = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise SynthembedError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
+                              "the file is damaged") from None  # fmt: skip
+    except json.JSONDecodeError as err:
+        raise SynthembedError(f"{path}: not valid JSON ({err.msg}, line {err.lineno}); the file is damaged") from None
+    if not isinstance(obj, dict):
+        raise SynthembedError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    return obj
 
 
 def write_config(out: str | Path, plan: dict[str, Any], runtime: dict[str, Any]) -> None:
@@ -60,7 +74,7 @@ def check_out_dir(out: Path, plan: dict[str, Any]) -> bool:
                 "(or none: they are read from its config.json), or choose another --out."
             )
         return True
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and (not out.is_dir() or folder_entries(out)):
         raise SynthembedError(f"{out} exists and is not a generation run (no {CONFIG_FILE}); choose an empty or new --out")
     return False
 
@@ -163,7 +177,7 @@ def read_stats(run_dir: str | Path, *, missing_ok: bool = False) -> dict[str, An
         if missing_ok:
             return None
         raise SynthembedError(f"{run_dir} is not a generation run: no {STATS_FILE}")
-    return json.loads(path.read_text())
+    return _read_json(path)
 
 
 def write_stats(out: str | Path, stats: dict[str, Any]) -> None:
@@ -183,3 +197,36 @@ def is_stand_in(run_dir: str | Path) -> bool | None:
     """Whether the run's LLM was the loopback stand-in (its stats.json says so), None where the run has no stats."""
     stats = read_stats(run_dir, missing_ok=True)
     return None if stats is None else bool(stats.get("llm", {}).get("stand_in"))
+
+
+# --- batches.json and batches/: the openai-batch backend's record (generation/batch.py) ----------------------------
+
+BATCHES_FILE = "batches.json"
+BATCH_INPUTS_DIR = "batches"
+
+
+def read_batches(out: str | Path) -> dict[str, Any]:
+    """batches.json: {"batches": [one entry per batch file: its file, upload, batch id, status, ...]}."""
+    path = Path(out) / BATCHES_FILE
+    return _read_json(path) if path.is_file() else {"batches": []}
+
+
+def write_batches(out: str | Path, state: dict[str, Any]) -> None:
+    write_json_atomic(Path(out) / BATCHES_FILE, state)
+
+
+def write_batch_input(out: str | Path, number: int, content: bytes) -> str:
+    """Write batch input file `number` (JSONL bytes) atomically; its name relative to the run directory."""
+    name = f"{BATCH_INPUTS_DIR}/{number:05d}.jsonl"
+    replace_atomic(Path(out) / name, lambda tmp: tmp.write_bytes(content))
+    return name
+
+
+def batch_input_path(out: str | Path, name: str) -> Path:
+    return Path(out) / name
+
+
+def batch_custom_ids(out: str | Path, name: str) -> list[str]:
+    """The custom_ids of a batch input file, in its order ([] where the file is gone)."""
+    path = batch_input_path(out, name)
+    return [obj["custom_id"] for _, obj in iter_jsonl(path)] if path.is_file() else []

@@ -94,14 +94,18 @@ def _faults(previous: dict[str, Any], client: LLMClient, examples: list[dict], r
 
 def compute_stats(out: Path, config: GenerateConfig, plan: list[Planned], cache: ResponseCache,
                   prices: dict[str, tuple[float, float]], runtime: dict[str, Any], client: LLMClient,
-                  previous: dict[str, Any], timing: dict[str, float]) -> dict[str, Any]:
-    """stats.json: counts from the files, tokens and cost from the cache rows of every planned request."""
+                  previous: dict[str, Any], timing: dict[str, float],
+                  unanswered: dict[str, int] | None = None) -> dict[str, Any]:
+    """stats.json: counts from the files, tokens and cost from the cache rows of every planned request. `unanswered`:
+    per brainstorm group, its requests this session got no answer to; such a group's generation requests wait."""
+    unanswered = unanswered or {}
     examples = rundir.read_examples(out, missing_ok=True, repair=True)
     rejects = rundir.read_rejects(out, repair=True)
     generation_rejects = [r for r in rejects if r["stage"] == "generate"]
     usage = _usage_from_cache(config, plan, cache, prices)
     done = {e["meta"].get("request_id") for e in examples} | {r["request_id"] for r in rejects}
     pending = sum(1 for p in plan if p.request_id not in done)
+    waiting = sum(n for t, n in config.planned_requests().items() if t in unanswered)
     bitext_pairs = Counter(f"{e['meta']['placeholders'].get('src_lang')}-{e['meta']['placeholders'].get('tgt_lang')}"
                            for e in examples if e["task_type"] == "bitext")
     # The stand-in signs its answers; a model named "loopback" is the stand-in too (whatever served it).
@@ -113,11 +117,14 @@ def compute_stats(out: Path, config: GenerateConfig, plan: list[Planned], cache:
         "llm": {"backend": runtime["backend"], "model": config.model, "base_url": runtime.get("base_url"),
                 "stand_in": stand_in, "workers": runtime.get("workers")},
         "config": config.as_dict(),
-        "complete": pending == 0,
+        # Complete: every planned request has an answer or a verdict (a rerun of an incomplete run retries the rest).
+        "complete": pending == 0 and not unanswered,
         "stopped": client.stopped,
         "max_cost": runtime.get("max_cost"),
         "requests": {"brainstorm": usage["brainstorm"], "generate_planned": len(plan),
-                     "generate_answered": usage["generate"], "pending": pending},
+                     "generate_answered": usage["generate"], "pending": pending,
+                     "brainstorm_unanswered": sum(unanswered.values()), "waiting_for_tasks": waiting,
+                     "groups_waiting_for_tasks": sorted(unanswered)},
         "accepted": len(examples),
         "rejected": len(generation_rejects),
         "acceptance_rate": round(len(examples) / max(1, len(examples) + len(generation_rejects)), 4),
@@ -147,7 +154,31 @@ def summary_line(stats: dict[str, Any]) -> str:
             f"{stats['tokens']['total']} tokens, ${stats['cost_usd']:.4f}")
     if stats.get("llm", {}).get("stand_in"):
         line += " (loopback stand-in LLM: hypothetical cost)"
+    missing = missing_requests(stats)
+    if missing:
+        line += f"; {missing}"
     return line
+
+
+def missing_requests(stats: dict[str, Any]) -> str:
+    """What an incomplete run still lacks, in words ("" for a complete run).
+
+    >>> missing_requests({"complete": False, "requests": {"pending": 3, "brainstorm_unanswered": 1,
+    ...                   "waiting_for_tasks": 8, "groups_waiting_for_tasks": ["long-long"]}})
+    '3 generation requests without an answer; 1 brainstorm request without an answer, so 8 generation requests of long-long wait for their tasks'
+    """
+    if stats.get("complete"):
+        return ""
+    requests = stats.get("requests", {})
+    parts = []
+    if requests.get("pending"):
+        parts.append(f"{requests['pending']} generation request{'s' * (requests['pending'] != 1)} without an answer")
+    if requests.get("brainstorm_unanswered"):
+        n = requests["brainstorm_unanswered"]
+        parts.append(f"{n} brainstorm request{'s' * (n != 1)} without an answer, so {requests.get('waiting_for_tasks')} "
+                     f"generation requests of {', '.join(requests.get('groups_waiting_for_tasks', []))} wait for "
+                     "their tasks")
+    return "; ".join(parts)
 
 
 def load_stats(run_dir: str | Path) -> dict[str, Any]:
@@ -164,6 +195,8 @@ def format_stats(stats: dict[str, Any]) -> str:
     lines.append(f"model {llm.get('model')} via {llm.get('backend')}; "
                  f"{'complete' if stats.get('complete') else 'incomplete'}"
                  + (f" (stopped: {stats['stopped']})" if stats.get("stopped") else ""))
+    if missing_requests(stats):
+        lines.append(f"missing: {missing_requests(stats)} (run generate again on it to retry them)")
     lines.append(f"accepted {stats['accepted']}, rejected {stats['rejected']} "
                  f"(acceptance {100 * stats.get('acceptance_rate', 0):.1f}%)")
     if len(stats.get("by_model", {})) > 1:

@@ -18,7 +18,8 @@ function of (seed, model, messages) and the marker: the same request always gets
 
 Faults, each at its own rate, chosen by a hash of the request (so they are deterministic too):
 - transport faults, on a request's first attempt only (a retry succeeds): 429 with Retry-After, 500, a hang that
-  outlasts the client's timeout;
+  outlasts the client's timeout; and the raw ones of raw_faults.py (garbage bytes, a reset mid-body, a trickled
+  answer, a body of several MB, bytes that are not UTF-8, a lone surrogate, a 401 that echoes the API key);
 - content faults, on every attempt: malformed JSON, JSON inside a ``` fence, a truncated answer (finish_reason
   "length"), a refusal (`message.refusal` set, content null), text in the wrong language.
 """
@@ -39,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from ..taskgroups import MARKER_HEADER, STAND_IN_FINGERPRINT
+from .batch_api import BatchAPI
+from .raw_faults import RAW_FAULTS, RawReply, Served, faulty_body, prompt_sha256, request_key, send
 from .scripted import Asked, TextSource, approx_tokens, read_request, scripted_answer
 
 TRANSPORT_FAULTS = ("rate_limit", "server_error", "hang")
@@ -57,12 +60,21 @@ class Faults:
     truncated: float = 0.0
     refusal: float = 0.0
     wrong_language: float = 0.0
+    garbage: float = 0.0  # the raw faults (raw_faults.py), drawn with the transport faults
+    reset: float = 0.0
+    trickle: float = 0.0
+    huge: float = 0.0
+    bad_utf8: float = 0.0
+    lone_surrogate: float = 0.0
+    unauthorized: float = 0.0
     brainstorm: bool = True  # whether content faults also hit brainstorm requests (tests switch it off for exact comparisons)
     retry_after: float = 0.05  # seconds the 429 asks the client to wait
     hang_seconds: float = 30.0  # how long a hung request stalls; the client's timeout should be shorter
+    trickle_seconds: float = 30.0  # how long a trickled answer takes to arrive in all
+    huge_bytes: int = 4_000_000  # the size of a huge reply's text
 
     def __post_init__(self) -> None:
-        for group in (TRANSPORT_FAULTS, CONTENT_FAULTS):
+        for group in (TRANSPORT_FAULTS + RAW_FAULTS, CONTENT_FAULTS):
             total = sum(getattr(self, name) for name in group)
             if total > 1.0 or any(getattr(self, name) < 0 for name in group):
                 raise ValueError(f"fault rates {group} must be >= 0 and sum to at most 1, got {total}")
@@ -108,10 +120,12 @@ class LoopbackServer:
         self.texts = TextSource(data_dir)
         self.served: Counter = Counter()
         self._attempts: Counter = Counter()
+        self.log: list[Served] = []  # every chat attempt, with its fault and whether it reached the client
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        self.batch_api = BatchAPI(self)  # the files and batches endpoints (batch_api.py)
 
     @property
     def base_url(self) -> str:
@@ -166,13 +180,20 @@ class LoopbackServer:
                 method, path, _ = (lines[0].split(" ") + ["", ""])[:3]
                 headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
                 body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
-                status, extra, payload = await self._route(method, path.split("?")[0], headers, body)
-                data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+                status, extra, payload = await self._route(method, path.split("?")[0], headers, body, raw=True)
+                raw = payload if isinstance(payload, RawReply) else None
+                # bytes: a file's content (batch_api), sent as it is
+                data = raw.body if raw else payload if isinstance(payload, bytes) else json.dumps(payload, ensure_ascii=False).encode("utf-8")
                 head_out = [f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}", "Content-Type: application/json",
                             f"Content-Length: {len(data)}", "Connection: keep-alive"]
                 head_out += [f"{k}: {v}" for k, v in extra.items()]
-                writer.write(("\r\n".join(head_out) + "\r\n\r\n").encode("latin-1") + data)
-                await writer.drain()
+                head = ("\r\n".join(head_out) + "\r\n\r\n").encode("latin-1")
+                if raw is not None:  # a chat reply: sent as its raw fault says, and logged as delivered or not
+                    if not await send(writer, head, raw, self.faults.trickle_seconds):
+                        break
+                else:
+                    writer.write(head + data)
+                    await writer.drain()
                 if headers.get("connection", "").lower() == "close":
                     break
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, asyncio.CancelledError):
@@ -184,7 +205,11 @@ class LoopbackServer:
                 pass
 
     async def _route(self, method: str, path: str, headers: dict[str, str],
-                     body: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
+                     body: bytes, raw: bool = False) -> tuple[int, dict[str, str], Any]:
+        """(status, extra headers, payload). `raw`: the caller owns the socket (_handle), so a chat reply comes back as
+        a RawReply (bytes, its raw fault, its log record); else (a batch line) as a dict, never with a raw fault."""
+        if self.batch_api.handles(path):
+            return await self.batch_api.route(method, path, headers, body)
         if method == "GET" and path.rstrip("/").endswith("/models"):
             return 200, {}, {"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "loopback"}]}
         if method != "POST" or not path.rstrip("/").endswith("/chat/completions"):
@@ -198,23 +223,36 @@ class LoopbackServer:
         if request.get("stream"):
             return 400, {}, _error("the loopback server does not stream", "invalid_request_error")
         model = str(request.get("model") or self.model)
-        key = hashlib.sha256(json.dumps([model, messages, request.get("seed")], sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        key = request_key(model, messages, request.get("seed"))
         self.served["requests"] += 1
         self._attempts[key] += 1
         if self.latency:
             await asyncio.sleep(self.latency)
-        failed = await self._transport_fault(key)
+        asked = read_request(headers.get(MARKER_HEADER.lower()), prompt)
+        served = Served(key, asked.kind, prompt_sha256(messages), request.get("seed"), delivered=not raw)
+        self.log.append(served)
+        failed = await self._transport_fault(key, served, raw)
         if failed is not None:
             return failed
-        asked = read_request(headers.get(MARKER_HEADER.lower()), prompt)
-        return 200, {}, self._completion(asked, model, key, prompt)
+        completion = self._completion(asked, model, key, prompt, served)
+        if served.outcome in RAW_FAULTS:
+            status, data = faulty_body(served.outcome, completion, headers, random.Random(key), self.faults.huge_bytes)
+            return status, {}, RawReply(data, served.outcome, served)
+        if raw:
+            return 200, {}, RawReply(json.dumps(completion, ensure_ascii=False).encode("utf-8"), None, served)
+        return 200, {}, completion
 
-    async def _transport_fault(self, key: str) -> tuple[int, dict[str, str], dict[str, Any]] | None:
-        """The scripted 429 or 500 of a request's first attempt (or a hang, then None), else None."""
-        transport = _pick(_unit(self.seed, "transport", key), self.faults, TRANSPORT_FAULTS)
-        if transport is None or self._attempts[key] != 1:
+    async def _transport_fault(self, key: str, served: Served,
+                               raw: bool) -> tuple[int, dict[str, str], dict[str, Any]] | None:  # fmt: skip
+        """The scripted 429 or 500 of a request's first attempt (or a hang, then None), else None; a raw fault drawn
+        is noted in `served` (and sent by _handle), or dropped where there is no socket of the request's own."""
+        transport = _pick(_unit(self.seed, "transport", key), self.faults, TRANSPORT_FAULTS + RAW_FAULTS)
+        if transport is None or self._attempts[key] != 1 or (transport in RAW_FAULTS and not raw):
             return None
         self.served[transport] += 1
+        served.outcome = transport
+        if transport in RAW_FAULTS:
+            return None
         if transport == "rate_limit":
             return 429, {"Retry-After": f"{self.faults.retry_after:g}"}, _error("Rate limit reached (scripted)", "rate_limit_exceeded")
         if transport == "server_error":
@@ -222,7 +260,7 @@ class LoopbackServer:
         await asyncio.sleep(self.faults.hang_seconds)  # "hang": the client should have timed out by now
         return None
 
-    def _completion(self, asked: Asked, model: str, key: str, prompt: str) -> dict[str, Any]:
+    def _completion(self, asked: Asked, model: str, key: str, prompt: str, served: Served | None = None) -> dict[str, Any]:
         """The chat.completion body: the scripted answer, with this request's content fault applied."""
         content_fault = _pick(_unit(self.seed, "content", key), self.faults, CONTENT_FAULTS)
         rng = random.Random(int(key[:16], 16) ^ self.seed)
@@ -235,6 +273,8 @@ class LoopbackServer:
         refusal, finish = None, "stop"
         if content_fault is not None:
             self.served[content_fault] += 1
+            if served is not None:
+                served.content_fault = content_fault
         if content_fault == "malformed":
             # a closing bracket dropped and a key left unquoted: no repair can make that JSON without guessing
             text = re.sub(r'"([A-Za-z0-9_]+)":', r"\1:", text.rstrip()[:-1], count=1)
@@ -271,10 +311,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per request")
     parser.add_argument("--seed", type=int, default=0)
-    for name in TRANSPORT_FAULTS + CONTENT_FAULTS:
+    for name in TRANSPORT_FAULTS + RAW_FAULTS + CONTENT_FAULTS:
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=0.0, help=f"rate of the {name} fault")
     args = parser.parse_args(argv)
-    faults = Faults(**{name: getattr(args, name) for name in TRANSPORT_FAULTS + CONTENT_FAULTS})
+    faults = Faults(**{name: getattr(args, name) for name in TRANSPORT_FAULTS + RAW_FAULTS + CONTENT_FAULTS})
     with LoopbackServer(port=args.port, faults=faults, latency=args.latency, seed=args.seed) as server:
         print(f"loopback stand-in LLM at {server.base_url} (faults: {asdict(faults)}); Ctrl-C stops it", flush=True)
         try:

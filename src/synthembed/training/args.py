@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SynthembedError
+from ..paths import check_model_folder
 from ..pooling import POOLING_MODES
 from ..taskgroups import TASK_TYPES
 
@@ -29,7 +30,8 @@ class TrainArguments:
     """Every training setting, with its help text; the command line is generated from these fields."""
 
     data: list[str] = field(
-        metadata={"help": "comma-separated examples.jsonl files and/or BEIR folders (their --beir-split is used)"}
+        metadata={"help": "comma-separated examples.jsonl files (or run / curated folders holding one) and/or BEIR "
+                          "folders (their --beir-split is used)"}
     )
     base_model: str = field(metadata={"help": "hub id or directory of the base model (decoder-only or encoder)"})
     out: str = field(metadata={"help": "output directory; must be empty or absent unless --resume"})
@@ -118,6 +120,7 @@ def check_arguments(args: TrainArguments) -> None:
     """The settings that are wrong whatever the data and the machine, as a SynthembedError naming the option."""
     if args.max_steps is not None and args.max_steps < 1:
         raise SynthembedError(f"--max-steps must be at least 1, got {args.max_steps}")
+    check_model_folder(args.base_model, "--base-model")  # now, not after the data are read and negatives mined
     for name, valid, rule in _VALUE_CHECKS:
         value = getattr(args, name)
         if not valid(value):

@@ -14,8 +14,8 @@ import os
 import shutil
 from pathlib import Path
 
-from ..errors import SynthembedError
-from ..files import check_writable
+from ..errors import StorageError, SynthembedError, writing
+from ..files import check_writable, folder_entries
 from .args import RESUMABLE_SETTINGS, TrainArguments, changed_settings, option
 from .log import LOG
 
@@ -44,7 +44,7 @@ def check_out(out: Path, args: TrainArguments) -> tuple[bool, bool]:
         return False, True
     if args.resume:
         raise SynthembedError(f"--resume: {out} holds no checkpoint ({out / CHECKPOINTS}/step-*) to resume from")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and (not out.is_dir() or folder_entries(out)):
         raise SynthembedError(
             f"--out {out} is not empty and holds no run of `synthembed train`; choose a new directory"
         )
@@ -55,7 +55,7 @@ def _started_without_checkpoint(out: Path) -> bool:
     """--out holds what a run writes at its start and no complete checkpoint (only unfinished .partial-* ones)."""
     if not out.is_dir() or not (out / ARGS).is_file():
         return False
-    return all(entry.name in STARTED_FILES for entry in out.iterdir())
+    return all(entry.name in STARTED_FILES for entry in folder_entries(out))
 
 
 def read_settings(out: Path) -> dict | None:
@@ -92,16 +92,25 @@ def save_checkpoint(accelerator, out: Path, step: int, position: tuple[int, int]
     `keep` most recent checkpoints stay."""
     final = out / CHECKPOINTS / f"step-{step:06d}"
     partial = out / CHECKPOINTS / f".partial-step-{step:06d}"
+    try:
+        with writing(partial, "checkpoint"):  # safetensors and torch.save report a full disk in their own words
+            if accelerator.is_main_process:
+                shutil.rmtree(partial, ignore_errors=True)
+                partial.mkdir(parents=True)
+            accelerator.wait_for_everyone()
+            accelerator.save_state(str(partial))  # weights, optimizer, scheduler, RNG states of every process
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                epoch, index = position
+                state = {"step": step, "epoch": epoch, "batch_in_epoch": index, "steps_per_epoch": steps_per_epoch}
+                (partial / STATE).write_text(json.dumps(state, indent=2))
+    except StorageError as err:
+        shutil.rmtree(partial, ignore_errors=True)  # the half-written one gives its space back
+        last = latest_checkpoint(out)
+        kept = (f"{last.name} is the latest complete checkpoint: --resume continues from it" if last
+                else "there is no complete checkpoint yet: a rerun starts again")  # fmt: skip
+        raise StorageError(f"{err}; {kept}", err.errno, err.filename) from None
     if accelerator.is_main_process:
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))  # weights, optimizer, scheduler, RNG states of every process
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        epoch, index = position
-        state = {"step": step, "epoch": epoch, "batch_in_epoch": index, "steps_per_epoch": steps_per_epoch}
-        (partial / STATE).write_text(json.dumps(state, indent=2))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)
         older = sorted(p for p in (out / CHECKPOINTS).glob("step-*") if p != final)

@@ -152,8 +152,9 @@ def load_pairs(
     cache_dir: Path | None = None,
     mined: dict | None = None,
 ) -> list[TrainingPair]:
-    """Read every data entry (examples.jsonl or BEIR folder), mine negatives for BEIR, mix by `mix`. The settings are
-    those of `synthembed train` (see TrainArguments); `max_len` bounds an embedding miner's inputs.
+    """Read every data entry (examples.jsonl, a folder holding one, or a BEIR folder), mine negatives for BEIR, mix by
+    `mix`. The settings are those of `synthembed train` (see TrainArguments); `max_len` bounds an embedding miner's
+    inputs.
 
     Mined negatives are read from `cache_dir` where present there; newly mined ones are put into `mined`
     ({file name: negatives}) for the caller to save once the output directory exists.
@@ -168,6 +169,8 @@ def load_pairs(
     sources = []
     for entry in data:
         path = Path(entry).expanduser()
+        if path.is_dir() and (path / "examples.jsonl").is_file() and not (path / "corpus.jsonl").is_file():
+            path = path / "examples.jsonl"  # a generation run or a curated copy of one: its examples
         if path.is_dir():
             task = _beir_task(path, beir_instruction)
             sources.append(_beir_pairs(path, beir_split, task, miner, hard_negatives, cache_dir, mined))

@@ -1,8 +1,10 @@
 """Export of a trained model: the LoRA adapter (peft) and a merged sentence-transformers directory that embeds exactly
-like synthembed's own Embedder (pooling, Normalize, the query prompt, EOS appended by the tokenizer itself).
+like synthembed's own Embedder (pooling, Normalize, the task instructions as named prompts, EOS appended by the
+tokenizer itself), with a model card.
 
     out/adapter/   the LoRA adapter and tokenizer, loadable by synthembed's load_embedder
-    out/merged/    LoRA merged into the base: SentenceTransformer("out/merged").encode(texts) == synthembed's encoding
+    out/merged/    LoRA merged into the base: SentenceTransformer("out/merged").encode(texts) == synthembed's encoding;
+                   README.md, the model card (card.py); loadable through mteb (mteb_meta.py)
 
 Both hold synthembed_config.json, written through model_config.py (its only writer).
 """
@@ -13,8 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..data import format_query
 from ..model_config import write_model_config
+from .named_prompts import named_prompts
 
 
 def export(
@@ -23,8 +25,10 @@ def export(
     """adapter/ (LoRA only) and merged/ (a sentence-transformers directory), each with synthembed_config.json.
 
     `instructions` says whether training queries carried a task instruction. It is recorded (evaluation's "auto" mode
-    reads it), and without instructions the exported query prompt is empty, so that queries are embedded as trained;
-    with them, the query prompt carries `query_task`. `lora_rank` is recorded (None: every weight trained).
+    reads it), and without instructions the exported prompts are empty, so that queries are embedded as trained; with
+    them, the `query` prompt carries `query_task` and each mteb task and task type its own (named_prompts.py).
+    `lora_rank` is recorded (None: every weight trained), and the mteb tasks whose data the run trained on (mteb's
+    ModelMeta reads them).
 
     The merged model is rebuilt from the saved adapter on the main process, so it comes out the same whether training
     ran on one device or sharded (ZeRO-3, FSDP), where the live model holds only shards.
@@ -33,6 +37,9 @@ def export(
     from peft import PeftModel
 
     from ..model import load_embedder
+    from .card import run_facts, write_model_card
+    from .checkpoint import read_settings
+    from .mteb_meta import mteb_training_datasets
 
     model = accelerator.unwrap_model(emb.model)
     state = accelerator.get_state_dict(emb.model)  # the full state dict, gathered from shards (a collective)
@@ -44,6 +51,7 @@ def export(
         "instructions": bool(instructions),
         "query_task": query_task if instructions else None,
         "lora_rank": lora_rank,
+        "training_datasets": mteb_training_datasets((read_settings(out) or {}).get("data") or []),
     }
     dtype = next(model.parameters()).dtype
     if isinstance(model, PeftModel):
@@ -57,6 +65,7 @@ def export(
         write_sentence_transformers(merged.model.merge_and_unload(), emb.tokenizer, out / "merged", settings)
     else:
         write_sentence_transformers(model, emb.tokenizer, out / "merged", settings, state_dict=state)
+    write_model_card(out / "merged", run_facts(out))
     print(f"[train] exported {'adapter/ and ' if (out / 'adapter').is_dir() else ''}merged/ to {out}")
 
 
@@ -70,8 +79,9 @@ _ST_POOLING_KEYS = {
 
 def write_sentence_transformers(model, tokenizer, directory: Path, settings: dict[str, Any], state_dict=None) -> Path:
     """Save a plain transformers model as a sentence-transformers directory that embeds exactly like our Embedder:
-    Transformer -> Pooling (our mode) -> Normalize, the query prompt `Instruct: {task}\\nQuery: `, and, for decoder-only
-    models, a tokenizer whose post-processor appends EOS itself (sentence-transformers has no other way to add it).
+    Transformer -> Pooling (our mode) -> Normalize, the named prompts `Instruct: {task}\\nQuery: ` (the `query` one
+    with settings["query_task"]; none where settings["instructions"] is false), and, for decoder-only models, a
+    tokenizer whose post-processor appends EOS itself (sentence-transformers has no other way to add it).
 
     The tokenizer then already ends every text with EOS, so synthembed_config.json says append_eos false here; the
     token sequence is the same as in training (BOS, text truncated to max_len - 2, EOS).
@@ -96,7 +106,9 @@ def write_sentence_transformers(model, tokenizer, directory: Path, settings: dic
     ]
     (directory / "modules.json").write_text(json.dumps(modules, indent=2))
     pooling = {"word_embedding_dimension": dimension, **{key: False for key in _ST_POOLING_KEYS.values()}}
-    pooling.update({"pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False, "include_prompt": True})
+    pooling.update(
+        {"pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False, "include_prompt": True}
+    )
     pooling[_ST_POOLING_KEYS[settings["pooling"]]] = True
     (directory / "1_Pooling").mkdir(exist_ok=True)
     (directory / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2))
@@ -105,7 +117,8 @@ def write_sentence_transformers(model, tokenizer, directory: Path, settings: dic
         json.dumps({"max_seq_length": int(settings["max_len"]), "do_lower_case": False}, indent=2)
     )
     st_config = {
-        "prompts": {"query": format_query(settings.get("query_task"), ""), "document": ""},
+        "model_type": "SentenceTransformer",  # what mteb's loader detection and sentence-transformers 5+ read
+        "prompts": named_prompts(settings.get("query_task"), bool(settings.get("instructions", True))),
         "default_prompt_name": None,
         "similarity_fn_name": "cosine",
     }
@@ -121,7 +134,7 @@ def _append_eos_in_tokenizer(tokenizer) -> None:
     bos, eos = tokenizer.bos_token, tokenizer.eos_token
     probe = tokenizer("x")["input_ids"]
     starts_with_bos = bos is not None and probe and probe[0] == tokenizer.bos_token_id
-    single = (f"{bos} $A {eos}" if starts_with_bos else f"$A {eos}")
+    single = f"{bos} $A {eos}" if starts_with_bos else f"$A {eos}"
     special = [(eos, tokenizer.eos_token_id)] + ([(bos, tokenizer.bos_token_id)] if starts_with_bos else [])
     tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
         single=single, pair=f"{single} $B:1 {eos}:1", special_tokens=special

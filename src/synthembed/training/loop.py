@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SynthembedError
-from ..files import write_json_atomic
+from ..files import folder_lock, write_json_atomic
 from ..model_config import read_model_config
 from ..paths import local_folder_name
 from .args import TrainArguments, changed_settings, check_arguments, check_batch_sizes, recorded_settings
@@ -40,13 +40,20 @@ if TYPE_CHECKING:
     from ..losses import CachedInfoNCE
 
 def train(args: TrainArguments, on_step: Callable[[int, float], Any] | None = None) -> Path:
-    """Train as `args` says; returns --out. `on_step(step, loss)` is called after every optimizer step (1-based)."""
+    """Train as `args` says; returns --out. `on_step(step, loss)` is called after every optimizer step (1-based).
+    One training run at a time works in --out: another one there is refused, naming it (files.folder_lock)."""
+    out = Path(args.out).expanduser()
+    check_arguments(args)
+    # The processes of one multi-process run share --out: the first (global rank 0) holds it for all of them.
+    with folder_lock(out, "synthembed train", enabled=os.environ.get("RANK", "0") == "0"):
+        return _train(args, out, on_step)
+
+
+def _train(args: TrainArguments, out: Path, on_step: Callable[[int, float], Any] | None) -> Path:
     from accelerate.utils import DistributedType, set_seed
 
     from ..losses import CachedInfoNCE  # torch: imported once a run starts, not by `synthembed train --help`
 
-    out = Path(args.out).expanduser()
-    check_arguments(args)
     resume, restart = check_out(out, args)
     # A restarted run reuses the negatives its first start mined only if it was started with these same settings.
     recorded = read_settings(out) if restart else None
