@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import SynthembedError
 from ..taskgroups import MARKER_HEADER
-from .llm import CacheMiss, ChatRequest, ChatResponse, LLMError, RetryableError, redact
+from .llm import CacheMiss, ChatRequest, ChatResponse, LLMError, RetryableError, openai_credentials, redact
 
 BACKENDS = ("openai", "transformers", "replay", "openai-batch")
 
@@ -90,15 +90,9 @@ class OpenAIBackend:
 
         self.concurrency = max(1, int(concurrency))
         self.timeout = timeout
-        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
-        api_key = os.environ.get("OPENAI_API_KEY")
-        if not api_key:
-            if base_url is None:
-                raise SynthembedError(
-                    "the openai backend needs OPENAI_API_KEY in the environment (or OPENAI_BASE_URL for a local "
-                    "OpenAI-compatible server such as vLLM, Ollama or llama.cpp)"
-                )
-            api_key = "no-key"  # local servers ignore it; the client insists on one
+        base_url, api_key = openai_credentials(
+            base_url, "openai", "a local OpenAI-compatible server such as vLLM, Ollama or llama.cpp"
+        )
         self.base_url = base_url
         self._api_key = api_key  # only to redact it from error messages
         self._openai = openai

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -42,7 +41,7 @@ from typing import Any
 from ..errors import SynthembedError
 from ..taskgroups import MARKER_HEADER
 from . import rundir
-from .llm import ChatRequest, ChatResponse, LLMError, RetryableError, redact
+from .llm import ChatRequest, ChatResponse, LLMError, RetryableError, openai_credentials, redact
 
 BATCH_ENDPOINT = "/v1/chat/completions"
 COMPLETION_WINDOW = "24h"
@@ -157,15 +156,9 @@ class OpenAIBatchBackend:
         self.poll_interval = poll_interval
         self.resubmits = max(0, int(resubmits))
         self.markers = markers
-        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
-        api_key = os.environ.get("OPENAI_API_KEY")
-        if not api_key:
-            if base_url is None:
-                raise SynthembedError(
-                    "the openai-batch backend needs OPENAI_API_KEY in the environment (or "
-                    "OPENAI_BASE_URL for a server with the files and batches endpoints)"
-                )
-            api_key = "no-key"
+        base_url, api_key = openai_credentials(
+            base_url, "openai-batch", "a server with the files and batches endpoints"
+        )
         self.base_url = base_url
         self._api_key = api_key
         self._openai = openai

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..errors import SynthembedError
 from .cost import PRICES, Usage, cost_usd, price_of
 
 # The paper samples with temperature 1.0 and top_p 1.0 (section 3.1).
@@ -313,3 +314,18 @@ def run_async(coro):
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, coro).result()
+
+
+def openai_credentials(base_url: str | None, backend: str, what_serves_it: str) -> tuple[str | None, str]:
+    """The base URL and API key an OpenAI-protocol backend connects with: the arguments, else OPENAI_BASE_URL and
+    OPENAI_API_KEY. A local server needs no key (the client insists on one, the server ignores it); the official API
+    without a key is an error naming what would serve instead."""
+    base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+    api_key = os.environ.get("OPENAI_API_KEY")
+    if not api_key:
+        if base_url is None:
+            raise SynthembedError(f"the {backend} backend needs OPENAI_API_KEY in the environment (or OPENAI_BASE_URL "
+                                  f"for {what_serves_it})")  # fmt: skip
+        api_key = "no-key"
+    return base_url, api_key
+
