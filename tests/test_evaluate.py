@@ -461,3 +461,75 @@ def test_a_folder_bound_by_name_is_scored_with_that_tasks_protocol(tmp_path, sha
         resolve_tasks([f"ToxicConversation={folder}"])
     with pytest.raises(SynthembedError, match="holds a classification task but mteb's STSBenchmark is a STS task"):
         resolve_tasks([f"STSBenchmark={folder}"])
+
+
+def _write_sts(path: Path, pairs) -> None:
+    lines = [f"main-captions\tMSRvid\t2012dev\t{i:04d}\t{s}\t{a}\t{b}" for i, (a, b, s) in enumerate(pairs)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_a_folder_bound_to_a_subset_is_scored_as_it_on_each_split_it_holds(tmp_path):
+    """`STSBenchmarkMultilingualSTS=DIR`: the folder is the task's `en` subset (its one English subset), and each of the
+    official splits is scored from its own file (sts-dev.csv, sts-test.csv): each split's score is the Spearman
+    correlation of the cosines on that file's pairs, computed here apart from mteb."""
+    from scipy.stats import spearmanr
+
+    from synthembed.data import read_sts
+
+    folder = make_sts(tmp_path / "stsb")
+    _write_sts(folder / "sts-dev.csv", [("A bird sings.", "A bird is singing.", 4.8), ("Rain falls.", "Taxes rise.", 0.1),
+                                        ("Two men talk.", "Men are talking.", 4.1), ("A boy reads.", "Ice melts.", 0.6),
+                                        ("She swims.", "A woman is swimming.", 4.4)])  # fmt: skip
+    embedder = RecordingEmbedder()
+    run = evaluate_model("recorder", [f"STSBenchmarkMultilingualSTS={folder}"], embedder=embedder, use_cache=False,
+                         show_progress=False)  # fmt: skip
+    (entry,) = run["tasks"]
+    assert entry["name"] == "STSBenchmarkMultilingualSTS" and entry["source"] == f"local:{folder}"
+    assert entry["protocol"] == {"bound_to": "STSBenchmarkMultilingualSTS", "subset": "en", "min_score": 0,
+                                 "max_score": 5}  # fmt: skip
+    expected = {}
+    for split in ("dev", "test"):
+        rows = read_sts(folder / f"sts-{split}.csv")
+        first, second = (embedder.encode([row[side] for row in rows]) for side in (0, 1))
+        expected[split] = spearmanr(np.sum(first * second, axis=1), [row[2] for row in rows]).statistic
+        assert entry["split_scores"][split] == {"en": pytest.approx(expected[split], abs=1e-6)}
+    assert expected["dev"] != pytest.approx(expected["test"])  # the two files, not one read twice
+    assert entry["main_score"] == pytest.approx((expected["dev"] + expected["test"]) / 2, abs=1e-6)  # mteb's mean
+    table = task_table({"m": run}, published={}).set_index("task")
+    assert table.loc["STSBenchmarkMultilingualSTS", "protocol"] == "mteb's STSBenchmarkMultilingualSTS (en)"
+    assert set(entry["scores"]["scores"]) == {"dev", "test"}
+
+
+def test_subset_binding_names_picks_and_refuses(tmp_path, beir_dir):
+    """`NAME:SUBSET=DIR` names the subset; a folder holding only some official splits is scored on those and says so;
+    a subset the task lacks, a task without subsets, or one with several English subsets and none named, is refused."""
+    folder = make_sts(tmp_path / "only-test")  # sts-test.csv only
+    (task,) = resolve_tasks([f"STSBenchmarkMultilingualSTS:de={folder}"])
+    assert (task.hf_subsets, list(task.eval_splits), task.local_subset) == (["de"], ["test"], "de")
+    from synthembed.evaluation.tasks import protocol_of
+
+    assert protocol_of(task)["splits"] == ["test"] and protocol_of(task)["subset"] == "de"
+    from synthembed.evaluation.tables import protocol_note
+
+    assert protocol_note({"protocol": protocol_of(task)}) == "mteb's STSBenchmarkMultilingualSTS (de, test only)"
+    task.load_data()
+    assert list(task.dataset) == ["de"] and list(task.dataset["de"]) == ["test"]
+    with pytest.raises(SynthembedError, match="has no subset 'xx'"):
+        resolve_tasks([f"STSBenchmarkMultilingualSTS:xx={folder}"])
+    with pytest.raises(SynthembedError, match="STSBenchmark has no subsets"):
+        resolve_tasks([f"STSBenchmark:en={folder}"])
+    (tmp_path / "cls").mkdir()
+    (tmp_path / "cls" / "train.csv").write_text("text,category\na,x\nb,y\n")
+    (tmp_path / "cls" / "test.csv").write_text("text,category\nc,x\nd,y\n")
+    with pytest.raises(SynthembedError, match="name the folder's: AmazonCounterfactualClassification:SUBSET="):
+        resolve_tasks([f"AmazonCounterfactualClassification={tmp_path / 'cls'}"])  # en and en-ext are both English
+    (task,) = resolve_tasks([f"AmazonCounterfactualClassification:en-ext={tmp_path / 'cls'}"])
+    assert task.hf_subsets == ["en-ext"]
+    (task,) = resolve_tasks([f"Tatoeba:deu-eng={make_tatoeba(tmp_path / 'tat')}"])  # bitext: one of its files' subsets
+    assert task.hf_subsets == ["deu-eng"]
+    import shutil
+
+    dev_only = shutil.copytree(beir_dir, tmp_path / "dev-only")
+    (dev_only / "qrels" / "test.tsv").rename(dev_only / "qrels" / "dev.tsv")
+    with pytest.raises(SynthembedError, match=r"holds none of SciFact's evaluation splits \(test\): qrels/<split>.tsv"):
+        resolve_tasks([f"SciFact={dev_only}"])

@@ -11,7 +11,7 @@ from synthembed.data import Example, read_examples
 from synthembed.errors import SynthembedError
 from synthembed.generation.dedup import Deduplicator, normalize_text
 from synthembed.generation.pipeline import generate
-from synthembed.generation.plan import GenerateConfig, brainstorm_plan, generation_plan
+from synthembed.generation.plan import GenerateConfig, brainstorm_plan, generation_plan, iter_generation_plan
 from synthembed.generation.rundir import truncate_partial_line
 from synthembed.generation.stats import generation_summary
 from synthembed.taskgroups import TASK_TYPES
@@ -192,7 +192,7 @@ def test_judging_in_worker_processes_gives_the_same_run(tmp_path, server):
 
 
 def test_workers_default_follows_the_concurrency(tmp_path, server, monkeypatch):
-    from synthembed.generation.pipeline import AUTO_WORKERS_CONCURRENCY, auto_workers
+    from synthembed.generation.feed import AUTO_WORKERS_CONCURRENCY, auto_workers
 
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     assert auto_workers(AUTO_WORKERS_CONCURRENCY - 1) == 0 and auto_workers(AUTO_WORKERS_CONCURRENCY) == 1
@@ -219,3 +219,33 @@ def test_generation_summary_is_what_notebook_02_records(tmp_path, server):
     }
     with pytest.raises(SynthembedError, match="not a generation run"):
         generation_summary(tmp_path / "nothing")
+
+
+def test_a_run_fed_through_a_small_window_writes_what_a_run_fed_at_once_writes(server, tmp_path, monkeypatch):
+    """The pipeline plans and sends in a bounded window (feed.py): the files are the same as with the whole plan in
+    flight, and the requests planned but not yet written never exceed the window (plus its judging backlog)."""
+    from synthembed.generation import pipeline
+
+    wide = _run(tmp_path / "wide", server, config={"examples_per_task": 6})
+    read, written, most_held = [0], [0], [0]
+
+    def counted_plan(config, tasks):
+        for planned in iter_generation_plan(config, tasks):
+            read[0] += 1
+            most_held[0] = max(most_held[0], read[0] - written[0])
+            yield planned
+
+    real_process = pipeline._Run.process
+
+    def counted_process(self, planned, response, judged=None):
+        written[0] += 1
+        return real_process(self, planned, response, judged)
+
+    monkeypatch.setattr(pipeline, "iter_generation_plan", counted_plan)
+    monkeypatch.setattr(pipeline._Run, "process", counted_process)
+    monkeypatch.setattr(pipeline, "plan_window", lambda backend: 5)
+    narrow = _run(tmp_path / "narrow", server, config={"examples_per_task": 6})
+    assert read[0] == written[0] == narrow["requests"]["generate_planned"] == wide["requests"]["generate_planned"] > 40
+    assert most_held[0] <= 2 * 5
+    for name in ("examples.jsonl", "rejects.jsonl", "tasks.jsonl"):
+        assert (tmp_path / "narrow" / name).read_text() == (tmp_path / "wide" / name).read_text(), name

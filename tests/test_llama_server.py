@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import random
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -153,6 +154,91 @@ def test_start_returns_once_the_models_route_answers_and_close_stops_the_process
             assert json.load(reply)["data"][0]["id"] == QWEN
     assert process.poll() is not None and server.process is None
     assert not log_dir.exists()  # a clean close removes the temporary log
+
+
+# --- a server that ends with its kernel ------------------------------------------------------------------------------
+
+# A parent that starts a child through popen_with_parent from a thread that ends at once (PR_SET_PDEATHSIG follows the
+# thread that forked), waits a moment, says "ready" and whether the child runs, and sleeps until it is killed. argv: "prctl" or "guardian", the
+# file the child writes its pid to.
+_PARENT = """
+import sys, threading, time
+from synthembed.generation import llama_server
+if sys.argv[1] == "guardian":
+    llama_server._prctl = None  # as where there is no PR_SET_PDEATHSIG
+child = "import os, pathlib, sys, time; pathlib.Path(sys.argv[1]).write_text(str(os.getpid())); time.sleep(120)"
+started = []
+thread = threading.Thread(target=lambda: started.append(llama_server.popen_with_parent([sys.executable, "-c", child,
+                                                                                       sys.argv[2]])))
+thread.start()
+thread.join()
+time.sleep(0.5)  # the thread is gone; the child must not be
+print("ready", started[0].poll() is None, flush=True)
+time.sleep(120)
+"""
+
+# A kernel that starts a LlamaServer (the models-route stand-in in place of llama_cpp.server) and is then SIGKILLed.
+_KERNEL = """
+import sys, time
+from synthembed.generation.llama_server import LlamaServer
+server = LlamaServer(sys.argv[1], command=[sys.executable, "-c", sys.argv[2]], startup_timeout=60).start()
+print(server.process.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:  # a zombie (ended, not yet reaped by whoever adopted it) has ended
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not _running(pid):
+            return True
+        time.sleep(0.05)
+    return not _running(pid)
+
+
+def _kill_parent_and_check(parent: subprocess.Popen, child: int) -> None:
+    assert _running(child), "the child ended before its parent"
+    parent.kill()  # SIGKILL: no atexit hook, no finally
+    parent.wait()
+    gone = _gone_within(child, 2.0)
+    if not gone:
+        os.kill(child, 9)  # don't leave it to the next test
+    assert gone, "the child outlived its SIGKILLed parent by 2 s"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("how", ["prctl", "guardian"])
+def test_a_child_started_with_its_parent_ends_within_two_seconds_of_a_sigkill(how, tmp_path):
+    pid_file = tmp_path / "child.pid"
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT, how, str(pid_file)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout.readline().split() == ["ready", "True"], "the child ended with the thread that started it"
+        deadline = time.monotonic() + 30
+        while not pid_file.is_file() or not pid_file.read_text():  # the child may start slowly on a busy machine
+            assert time.monotonic() < deadline and parent.poll() is None
+            time.sleep(0.05)
+        time.sleep(0.2)  # the child ran on after the thread that started it had ended
+        _kill_parent_and_check(parent, int(pid_file.read_text()))
+    finally:
+        parent.kill()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_llama_server_ends_with_a_sigkilled_kernel(models, tmp_path):
+    (models / QWEN_GGUF).write_bytes(b"GGUF")
+    kernel = subprocess.Popen([sys.executable, "-c", _KERNEL, str(models / QWEN_GGUF), _MODELS_SERVER],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        _kill_parent_and_check(kernel, int(kernel.stdout.readline()))
+    finally:
+        kernel.kill()
 
 
 def test_endpoints_cap_concurrency_and_say_where_requests_go():

@@ -4,6 +4,7 @@ retries / budget / cache, and the local transformers backend (tiny random-weight
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 
 import pytest
@@ -150,6 +151,81 @@ def test_replay_answers_only_from_the_cache(tmp_path):
     answers = client.run(_requests(3))
     assert [a.text for a in answers[:2]] == ["answer q0", "answer q1"]
     assert isinstance(answers[2], CacheMiss) and client.usage.failures["not_in_cache"] == 1
+
+
+class _HeldFirst(ScriptedBackend):
+    """Answers request q0 (a request retrying) only once the others have stopped moving, every other request at once;
+    notes how many requests the stream had read from its source by then."""
+
+    def __init__(self, reads: list[int]):
+        super().__init__(concurrency=4)
+        self.reads, self.read_by_then = reads, None
+
+    async def complete(self, requests):
+        if requests[0].messages[0]["content"] == "q0":
+            still = 0
+            while still < 50:  # 50 turns of the event loop with nothing sent: the rest is answered or stuck
+                sent = len(self.sent)
+                await asyncio.sleep(0)
+                still = still + 1 if len(self.sent) == sent else 0
+            self.read_by_then = len(self.reads)
+        return await super().complete(requests)
+
+
+@pytest.mark.parametrize("window", [16, None])
+def test_the_stream_reads_its_requests_lazily_and_no_further_than_the_window(tmp_path, window):
+    cache = ResponseCache(tmp_path / "c.sqlite")
+    LLMClient(ScriptedBackend(), cache=cache).run(_requests(200)[5:10])  # q5..q9 are cache hits
+    reads: list[int] = []
+
+    def source():  # a plan read one request at a time
+        for i, request in enumerate(_requests(200)):
+            reads.append(i)
+            yield request
+
+    backend = _HeldFirst(reads)
+    client = LLMClient(backend, cache=cache)
+
+    async def collect():
+        return [(i, answer.text) async for i, answer in client.stream(source(), window=window)]
+
+    got = asyncio.run(collect())
+    assert sorted(got) == [(i, f"answer q{i}") for i in range(200)]  # every index once, with its own answer
+    assert client.usage.cache_hits == 5 and len(backend.sent) == 195
+    # While q0 was unanswered, reading stopped at the window (q0 itself plus 15): the caller that puts answers back in
+    # order holds no more. Without a window everything was read.
+    assert backend.read_by_then == (16 if window else 200)
+    assert got[0][0] != 0  # answers came out of order: q0 was held
+
+
+def test_a_caller_that_stops_reading_leaves_no_unretrieved_worker_error(caplog):
+    """A full disk in the caller ends its loop over the stream; closing the backend then fails the workers still
+    running. Their error must not reach asyncio's "exception was never retrieved" (printed above the run's clean
+    error)."""
+
+    class Closing(ScriptedBackend):
+        closed = False
+
+        async def complete(self, requests):
+            await asyncio.sleep(0.02)
+            if self.closed:
+                raise RuntimeError("Cannot send a request, as the client has been closed.")
+            return await super().complete(requests)
+
+    backend = Closing()
+
+    async def consume():
+        try:
+            async for _ in LLMClient(backend).stream(_requests(20)):
+                raise OSError(28, "No space left on device")
+        finally:
+            backend.closed = True  # what the pipeline does next: close the backend, with workers still in flight
+            await asyncio.sleep(0.1)
+
+    with pytest.raises(OSError, match="No space"):
+        asyncio.run(consume())
+    gc.collect()
+    assert backend.sent and not [r for r in caplog.records if "never retrieved" in r.getMessage()]
 
 
 def test_openai_backend_needs_key_or_base_url(monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 from collections import Counter
 
@@ -14,9 +15,10 @@ from synthembed.errors import SynthembedError
 from synthembed.generation import rundir
 from synthembed.generation.commands import _resolve_config, configure_generate_parser
 from synthembed.generation.pipeline import generate
-from synthembed.generation.plan import GenerateConfig, brainstorm_plan, generation_plan
+from synthembed.generation.plan import GenerateConfig, brainstorm_plan, generation_plan, iter_generation_plan, plan_size
 from synthembed.reference import PAPER_EXAMPLES_BY_GROUP
 from synthembed.study import load_profile
+from synthembed.taskgroups import ASYMMETRIC_TASK_TYPES
 from synthembed.testing.loopback import LoopbackServer
 
 CONFIG = dict(model="loopback", tasks_per_type=3, examples_per_task=2, languages="English,German,Spanish", seed=0)
@@ -187,3 +189,22 @@ def test_the_paper_profile_plans_the_papers_counts_and_split():
     assert config.model_shares == SHARES and config.model == "gpt-4"
     # brainstormed definitions: the paper's 150k distinct instructions (sts and bitext have fixed ones)
     assert sum(config.tasks_wanted(t) for t in config.brainstorm_groups) == 150_000
+
+
+def test_the_plan_read_a_request_at_a_time_is_the_plan_of_before_byte_for_byte():
+    """A run plans its requests as it sends them (plan.iter_generation_plan), no longer all before the first: the same
+    requests in the same order, or no earlier run could resume from its cache. The digest is that of the plan built
+    whole before the change (generation_plan at commit 9bd992d), over every field a request is made of."""
+    config = GenerateConfig(model_shares="gpt-4=0.75,gpt-3.5-turbo=0.25", tasks_per_type=40, examples_per_task=6,
+                            examples_per_group="short-long=300,sts=77", languages="paper", seed=3)  # fmt: skip
+    tasks = {t: [f"Task {i} of {t}: retrieve what answers the query." for i in range(40 - 3 * n)]
+             for n, t in enumerate(ASYMMETRIC_TASK_TYPES)}  # fmt: skip
+    digest, count = hashlib.sha256(), 0
+    for p in iter_generation_plan(config, tasks):
+        row = [p.request_id, p.stage, p.task_type, p.request.key(), p.request.model, p.request.marker, p.task,
+               p.placeholders, p.prompt_sha256]
+        digest.update(json.dumps(row, sort_keys=True).encode())
+        count += 1
+    assert (count, digest.hexdigest()) == (1229, "b68ab06edc9f6771ae9e6a9c42d70ae73361af167f32fafa019ce26a6a62459a")
+    assert plan_size(config, tasks) == count
+    assert plan_size(config, {}) == len(generation_plan(config, {})) == 77 + 40 * 6  # sts and bitext only

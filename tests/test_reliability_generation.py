@@ -67,10 +67,26 @@ def test_a_lone_surrogate_reply_is_cached_and_a_rerun_reads_it_back(tmp_path):
 def test_a_lone_surrogate_inside_the_json_is_rejected_or_cleaned_never_written_raw():
     reply = json.dumps({"S1": "Ein Satz auf Deutsch " + LONE, "S2": "Ein zweiter Satz", "S3": "Ein dritter Satz"})
     verdict = judge("sts", reply, "stop", None, {"language": "German"}, 0)  # reply holds the escape "\ud800"
-    assert verdict[:2] == ("reject", "control_characters")
+    assert verdict[:2] == ("reject", "invalid_text") and "U+D800" in verdict[2]
     tasks = parse_task_list(json.dumps(["Retrieve evidence for a claim " + LONE, "Classify a review."]))
     assert tasks == ["Retrieve evidence for a claim \ufffd", "Classify a review."]
     ChatRequest("m", ({"role": "user", "content": tasks[0]},)).key()  # hashable: the task goes into the next prompt
+
+
+STS_GERMAN = {"S1": "Der Hund schläft im Garten.", "S2": "Die Katze liegt auf dem Sofa.", "S3": "Ein Vogel singt im Baum."}
+
+
+def test_a_lone_surrogate_in_the_reply_itself_is_rejected_as_invalid_text_not_kept_as_u_fffd(tmp_path):
+    # The reply's own text holds the surrogate (not a JSON escape): ChatResponse makes it storable as U+FFFD, and the
+    # example that holds it was accepted before; it is rejected now, with the reply kept in rejects.jsonl.
+    reply = json.dumps({**STS_GERMAN, "S1": "Der Hund schläft " + LONE + " im Garten."}, ensure_ascii=False)
+    assert judge("sts", reply.replace(LONE, ""), "stop", None, {"language": "German"}, 0)[0] == "ok"  # else fine
+    config = GenerateConfig(model="gpt-4o-mini", task_types="sts", tasks_per_type=1, examples_per_task=2,
+                            languages="German", length_tolerance=0)  # fmt: skip
+    stats = generate(tmp_path / "run", config, backend=_Backend(reply), workers=0, progress=False)
+    rejects = [json.loads(line) for line in (tmp_path / "run" / "rejects.jsonl").read_text().splitlines()]
+    assert stats["accepted"] == 0 and [r["reason"] for r in rejects] == ["invalid_text"] * 2
+    assert "S1 holds U+FFFD" in rejects[0]["detail"] and "\ufffd" in rejects[0]["response"]
 
 
 # --- 2. a 200 that is not a chat completion -------------------------------------------------------------------------
@@ -199,6 +215,8 @@ def test_retry_after_is_honoured_up_to_its_maximum(recorded_sleeps, asked, waite
     ("Der Hund schläft\x00 im Garten.", "control_characters"),
     ("Der Hund \x1b[31mschläft im Garten.", "control_characters"),
     ("Der Hund schläft\x7f im Garten.", "control_characters"),
+    ("Der Hund schl\ufffdft im Garten.", "invalid_text"),  # a character lost to a broken encoding
+    ("Der Hund schläft im Garten." + LONE, "invalid_text"),
     ("   \n\t ", "empty_field"),
     ("", "empty_field"),
     ("Der Hund schläft\n\tim Garten.", None),  # newlines and tabs are text

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from .config_overrides import GLOBAL_LAYER_TYPE, apply_config_overrides, rope_theta_of  # noqa: F401 (public here)
 from .data import format_query
 from .errors import SynthembedError
-from .model_config import read_model_config
+from .model_config import is_decoder_only, read_model_config
 from .paths import check_model_folder, fetch_hint, resolve_model_path
 from .pooling import POOLING_MODES, check_pooling, last_token_index, pool
 
@@ -41,17 +41,6 @@ _ST_POOLING = {
     "pooling_mode_weightedmean_tokens": "weighted-mean",
     "pooling_mode_cls_token": "cls",
 }
-
-
-def is_decoder_only(config) -> bool:
-    """True for causal-LM architectures that have no masked-LM form (Mistral, Llama, Qwen; not BERT, which has both)."""
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-    )
-
-    kind = getattr(config, "model_type", None)
-    return kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
 @dataclass

@@ -171,6 +171,21 @@ def model_fingerprint(
 
 # --- the cache --------------------------------------------------------------------------------------------------------
 
+# Why not mteb's own (mteb 2.26, mteb.models.cache_wrappers): CachedEmbeddingWrapper(model, cache_path) serves a re-run
+# without loading the model, and the fingerprint could be its cache_path; but its keys and its storage do not serve.
+# - Keys: <cache_path>/<task name>/<prompt type>/ + sha256 of each item's text as mteb hands it over, i.e. before our
+#   encoder adds the instruction; so --instructions, --instruction overrides and a local folder's kind (the fallback
+#   instruction) are not in the key, and two local folders of one name share a folder.
+# - Storage (NumpyCache): one preallocated float32 memmap per task and side (vectors.npy, 100,000 rows: 1.6 GB for a
+#   4096-dim model), rows handed out as len(index), and index.json written in place (open("w") + json.dump).
+#   Two evaluations of one model at once hand out the same rows, and the index written last wins: the other's rows are
+#   lost or, where a writer dies between writing its rows and its index, another text's vector is served for a cached
+#   text, silently (tried: the index said "alpha" -> row 0, row 0 held "beta"'s vector). An evaluation killed inside
+#   the index write leaves truncated JSON, on which every later load raises JSONDecodeError (tried) instead of
+#   encoding again.
+# What is kept here is small: one .npy per (fingerprint, exact texts), written by replace_atomic, so a killed or a
+# concurrent writer leaves either the old file or a whole new one, and a damaged file is encoded again.
+
 
 class EmbeddingCache:
     """Embeddings on disk, one .npy per (model fingerprint, hash of the exact texts encoded, in order).

@@ -16,7 +16,6 @@ mteb, torch and the model load inside the functions that need them, so that `syn
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import SynthembedError
 from ..files import check_writable, without_non_finite, write_json_atomic
-from ..model_config import SYNTHEMBED_CONFIG, read_model_config
+from ..model_config import SYNTHEMBED_CONFIG, read_model_config, uses_instructions
 from ..paths import check_model_folder, resolve_model_path
 from .cache import (
     EmbeddingCache,
@@ -234,7 +233,7 @@ def _evaluate_task(encoder, task, batch_size: int, show_progress: bool) -> dict[
 
 def task_entry(task, result, seconds: float) -> dict[str, Any]:
     """One task's JSON entry: name, kind, main score (mteb's, 0 to 1), per-subset (per-language) main scores, full scores."""
-    split = task.metadata.eval_splits[0]
+    split = task.eval_splits[0]  # a local folder's first split (it may hold only some of the official ones)
     subsets = {s["hf_subset"]: float(s["main_score"]) for s in result.scores.get(split, [])}
     kind = kind_of(task)
     entry = {
@@ -254,6 +253,11 @@ def task_entry(task, result, seconds: float) -> dict[str, Any]:
     }
     if len(subsets) > 1 or kind == "bitext":
         entry["subsets"] = subsets
+    if len(task.eval_splits) > 1:  # main_score is mteb's mean over them; each split's, per subset
+        entry["split_scores"] = {
+            name: {s["hf_subset"]: float(s["main_score"]) for s in result.scores.get(name, [])}
+            for name in task.eval_splits
+        }
     if kind == "bitext":
         # per language, by the non-English side of each pair (Tatoeba `deu-eng` -> deu, FLORES `deu_Latn-eng_Latn` -> deu_Latn)
         entry["languages"] = {subset.split("-")[0]: score for subset, score in subsets.items()}
@@ -271,30 +275,6 @@ def _data_subset(task) -> dict[str, Any] | None:
     if getattr(task, "local_limit", None) is None:
         return None
     return {"count": task.local_size, "unit": task.size_unit}
-
-
-def uses_instructions(name_or_path: str, embedder: Embedder | None = None) -> bool:
-    """The "auto" rule: our exports say whether they were trained with instructions (synthembed_config.json; trained
-    by us means yes unless it says `"instructions": false`); otherwise decoder-only models (E5-mistral style) get them
-    and encoder models (BERT-like, sentence-transformers) do not. Reads configs only, never the weights."""
-    resolved = Path(resolve_model_path(name_or_path))
-    config = read_model_config(resolved)
-    if config is not None:
-        return bool(config.get("instructions", True))
-    if embedder is not None and embedder.loaded:
-        return bool(embedder.append_eos)
-    from transformers import AutoConfig
-
-    from ..model import is_decoder_only
-
-    source = str(resolved)
-    adapter = resolved / "adapter_config.json"
-    if adapter.is_file():
-        source = resolve_model_path(json.loads(adapter.read_text()).get("base_model_name_or_path") or source)
-    try:
-        return is_decoder_only(AutoConfig.from_pretrained(source))
-    except (OSError, ValueError) as err:  # ValueError: a config.json with no or an unknown model_type
-        raise SynthembedError(f"cannot load model {name_or_path!r}: {str(err).splitlines()[0]}") from None
 
 
 # --- which tasks ------------------------------------------------------------------------------------------------------
@@ -332,20 +312,22 @@ def resolve_tasks(
     languages: list[str] | None = None,
 ) -> list:
     """mteb tasks for `--tasks` entries: a directory is a local task (kind read from its files); a name is an mteb task
-    or benchmark, read from its local copy in `data_dir` where one exists, else from the hub.
+    or benchmark, read from its local copy in `data_dir` where one exists, else from the hub; `NAME=DIR` binds a folder
+    to the official task NAME (as its English subset where it has several), `NAME:SUBSET=DIR` to one named subset.
 
     Every entry is checked before anything runs; an unknown one raises naming it (with close names mteb knows).
     """
     tasks = []
     for entry in split_task_list(entries):
         name, bound, folder = entry.partition("=")
-        if bound:  # NAME=DIR: a local folder scored with the official task's protocol
+        if bound:  # NAME=DIR or NAME:SUBSET=DIR: a local folder scored with the official task's protocol
             folder_path = Path(folder).expanduser()
             if not folder_path.is_dir():
                 raise SynthembedError(f"{entry}: task directory {folder} does not exist")
             from .tasks import bound_task
 
-            tasks.append(bound_task(name.strip(), folder_path, languages=languages, limit=limit))
+            name, _, subset = name.strip().partition(":")
+            tasks.append(bound_task(name, folder_path, languages=languages, limit=limit, subset=subset or None))
             continue
         path = Path(entry).expanduser()
         if data_dir is not None and not path.exists() and (Path(data_dir) / entry).exists():

@@ -90,8 +90,10 @@ def protocol_note(entry: dict[str, Any]) -> str | None:
     protocol = entry.get("protocol")
     if not protocol:
         return None
-    if protocol.get("bound_to"):
-        return f"mteb's {protocol['bound_to']}"
+    if protocol.get("bound_to"):  # as one subset, or on only some of its splits, where the folder held no more
+        parts = [protocol["subset"]] if protocol.get("subset") else []
+        parts += [f"{'/'.join(protocol['splits'])} only"] if protocol.get("splits") else []
+        return f"mteb's {protocol['bound_to']}" + (f" ({', '.join(parts)})" if parts else "")
     settings = ", ".join(f"{k} {v}" for k, v in protocol.items() if k != "bound_to")
     return "not an mteb task" + (f": {settings}" if settings else "")
 

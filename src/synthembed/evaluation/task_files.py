@@ -174,11 +174,13 @@ def load_retrieval(path: Path, split: str, limit: int | None) -> dict[str, Any]:
     return {"default": {split: split_data}}
 
 
-def _sts_file(path: Path) -> Path:
-    for name in ("sts-test.csv", "SICK.txt"):
-        if (path / name).is_file():
-            return path / name
-    raise SynthembedError(f"{path}: no sts-test.csv or SICK.txt")
+def sts_file(path: Path, split: str) -> Path | None:
+    """The file holding an STS split: sts-<split>.csv (STS Benchmark's sts-dev.csv, sts-test.csv), or SICK.txt, whose
+    pairs are all test (SICK-R scores all 9,927); None where the folder has no such file."""
+    for candidate in (path / f"sts-{split}.csv", path / "SICK.txt" if split == "test" else None):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    return None
 
 
 def load_sts(path: Path, split: str, limit: int | None):
@@ -186,13 +188,16 @@ def load_sts(path: Path, split: str, limit: int | None):
     task normalizes them with its min_score / max_score)."""
     from datasets import Dataset, DatasetDict
 
-    rows = read_sts(_sts_file(path))
+    file = sts_file(path, split)
+    if file is None:
+        raise SynthembedError(f"{path}: no sts-{split}.csv" + (" or SICK.txt" if split == "test" else ""))
+    rows = read_sts(file)
     if limit:
         rows = spread(rows, limit)
     if not rows:
-        raise SynthembedError(f"{_sts_file(path)}: no sentence pairs")
+        raise SynthembedError(f"{file}: no sentence pairs")
     sentences = [(f"pair {i + 1}", text) for i, (s1, s2, _) in enumerate(rows) for text in (s1, s2)]
-    refuse_empty(sentences, _sts_file(path), "sentences")
+    refuse_empty(sentences, file, "sentences")
     s1, s2, scores = zip(*rows, strict=True)
     return DatasetDict(
         {split: Dataset.from_dict({"sentence1": list(s1), "sentence2": list(s2), "score": list(scores)})}

@@ -35,6 +35,7 @@ from .task_files import (
     load_sts,
     load_tatoeba,
     official_name,
+    sts_file,
     tatoeba_subsets,
 )
 
@@ -71,23 +72,42 @@ class LocalTask:
         self.local_path = str(path)
         self.local_limit = limit
         self.local_size: int | None = None  # what the data held when it was last read (size())
+        self.local_subset: str | None = None  # the official task's subset the folder is scored as (bind_subset)
+        held = [split for split in metadata.eval_splits if self.holds(Path(path), split)]
+        if not held:
+            raise SynthembedError(f"{path} holds none of {metadata.name}'s evaluation splits "
+                                  f"({', '.join(metadata.eval_splits)}): {self.split_files}")  # fmt: skip
+        self.filter_eval_splits(held)  # mteb scores these splits only: an official split the folder lacks is not faked
 
     @property
     def local_split(self) -> str:
-        return self.published_metadata.eval_splits[0]
+        return self.eval_splits[0]
 
     def load_data(self, num_proc: int | None = None, **kwargs: Any) -> None:
         if self.data_loaded:
             return
-        self.dataset = self.read_files(Path(self.local_path))
+        parts = [self.read_files(Path(self.local_path), split) for split in self.eval_splits]
+        dataset = parts[0]
+        for part in parts[1:]:  # {split: ...}, or under the subset key ({"default": {split: ...}}) for retrieval
+            for key, value in part.items():
+                dataset[key] = {**dataset[key], **value} if self.subset_keyed else value
         # counted here because mteb unloads the data once the task is scored; tables name a subset by this count
-        self.local_size = self.size(self.dataset)
+        self.local_size = self.size(dataset)
+        if self.local_subset is not None:  # the folder's data under the official subset's name
+            dataset = {self.local_subset: dataset["default"] if self.subset_keyed else dataset}
+        self.dataset = dataset
         self.data_loaded = True
 
     metadata = _PublishedMetadata()
     size_unit = ""  # what size() counts
+    subset_keyed = False  # read_files gives {subset: {split: ...}} rather than {split: ...}
+    split_files = ""  # which file holds a split, for the message when a folder holds none of a task's splits
 
-    def read_files(self, path: Path):
+    def holds(self, path: Path, split: str) -> bool:
+        """Whether the folder has the data of `split` (one file per split: sts-dev.csv, test.csv, qrels/test.tsv)."""
+        return split == self.published_metadata.eval_splits[0]  # a layout without split files: the first split
+
+    def read_files(self, path: Path, split: str):
         raise NotImplementedError
 
     def size(self, dataset) -> int:
@@ -99,9 +119,14 @@ class LocalRetrievalTask(LocalTask, AbsTaskRetrieval):
     """BEIR files (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)."""
 
     size_unit = "queries"
+    subset_keyed = True
+    split_files = "qrels/<split>.tsv"
 
-    def read_files(self, path: Path):
-        return load_retrieval(path, self.local_split, self.local_limit)
+    def holds(self, path: Path, split: str) -> bool:
+        return (path / "qrels" / f"{split}.tsv").is_file()
+
+    def read_files(self, path: Path, split: str):
+        return load_retrieval(path, split, self.local_limit)
 
     def size(self, dataset) -> int:
         return len(dataset["default"][self.local_split]["queries"])
@@ -111,9 +136,13 @@ class LocalSTSTask(LocalTask, AbsTaskSTS):
     """sts-test.csv (STS Benchmark) or SICK.txt; scores on the file's scale, normalized by mteb with min/max_score."""
 
     size_unit = "pairs"
+    split_files = "sts-<split>.csv, or SICK.txt for test"
 
-    def read_files(self, path: Path):
-        return load_sts(path, self.local_split, self.local_limit)
+    def holds(self, path: Path, split: str) -> bool:
+        return sts_file(path, split) is not None
+
+    def read_files(self, path: Path, split: str):
+        return load_sts(path, split, self.local_limit)
 
     def size(self, dataset) -> int:
         return len(dataset[self.local_split])
@@ -123,9 +152,13 @@ class LocalClassificationTask(LocalTask, AbsTaskClassification):
     """train.csv + test.csv (text, category), rows in file order (mteb's undersampling depends on it)."""
 
     size_unit = "test rows"  # the classifier's train rows are cut too (4x), but accuracy is over these
+    split_files = "<split>.csv beside train.csv"
 
-    def read_files(self, path: Path):
-        return load_classification(path, self.local_split, self.local_limit)
+    def holds(self, path: Path, split: str) -> bool:
+        return (path / f"{split}.csv").is_file()
+
+    def read_files(self, path: Path, split: str):
+        return load_classification(path, split, self.local_limit)
 
     def size(self, dataset) -> int:
         return len(dataset[self.local_split])
@@ -140,10 +173,10 @@ class LocalBitextTask(LocalTask, AbsTaskBitextMining):
         self.parallel_subsets = any(flores_dir(path).glob("*.devtest"))
         self.hf_subsets = subsets
 
-    def read_files(self, path: Path):
+    def read_files(self, path: Path, split: str):
         if self.parallel_subsets:
-            return load_flores(path, self.local_split, self.hf_subsets, self.local_limit)
-        return load_tatoeba(path, self.local_split, self.hf_subsets, self.local_limit)
+            return load_flores(path, split, self.hf_subsets, self.local_limit)
+        return load_tatoeba(path, split, self.hf_subsets, self.local_limit)
 
     size_unit = "pairs per language"
 
@@ -216,6 +249,7 @@ def local_task(
     languages: list[str] | None = None,
     name: str | None = None,
     limit: int | None = None,
+    subset: str | None = None,
 ) -> LocalTask:
     """An mteb task (an instance of one of mteb's abstract task classes) that reads its data from a local folder.
 
@@ -229,6 +263,8 @@ def local_task(
         limit: a small subset for quick runs: the first `limit` queries (retrieval, corpus cut to their relevant
             documents + 20 * limit others), `limit` pairs spread through the file (STS), `limit` test rows and
             4 * limit train rows spread through the files (classification), or the first `limit` lines per language.
+        subset: the official task's subset (mteb's hf_subset, e.g. `en`) the folder holds, for a task with several;
+            default its one English subset (bind_subset). Only the official splits the folder has files for are scored.
 
     Example:
         >>> task = local_task("../shared/data/sts/stsbenchmark")  # doctest: +SKIP
@@ -254,12 +290,40 @@ def local_task(
     else:
         metadata, settings = local_metadata(kind, name or f"local:{path.resolve().name}", path.resolve()), {}
     if kind != "bitext":
-        return TASK_CLASSES[kind](path, metadata, limit, settings)
+        return bind_subset(TASK_CLASSES[kind](path, metadata, limit, settings), subset)
     is_flores = any(flores_dir(path).glob("*.devtest"))
     subsets = flores_subsets(path, languages) if is_flores else tatoeba_subsets(path, languages)
     if not subsets:
         raise SynthembedError(f"{path}: none of the languages {languages} is on disk")
-    return LocalBitextTask(path, metadata, subsets, limit, settings)
+    task = LocalBitextTask(path, metadata, subsets, limit, settings)
+    if subset is not None:  # a bitext folder's subsets are its language files: pick one of them
+        if subset not in subsets:
+            raise SynthembedError(f"{path}: no subset {subset!r} on disk (there: {', '.join(subsets[:8])}, ...)")
+        task.hf_subsets = [subset]
+    return task
+
+
+def bind_subset(task: LocalTask, subset: str | None) -> LocalTask:
+    """Score the folder as one subset of an official task that has several (STSBenchmarkMultilingualSTS's `en`): the
+    named one, else the task's only English subset; a task with none or several English ones needs the name
+    (`NAME:SUBSET=DIR`). A task of one subset takes none."""
+    metadata = task.published_metadata
+    subsets = metadata.hf_subsets_to_langscripts if isinstance(metadata.eval_langs, dict) else {}
+    if not subsets:
+        if subset is not None:
+            raise SynthembedError(f"{metadata.name} has no subsets; bind the folder as {metadata.name}=DIR")
+        return task
+    if subset is None:
+        english = [name for name, langs in subsets.items() if langs and all(lang.startswith("eng-") for lang in langs)]
+        if len(english) != 1:
+            raise SynthembedError(f"{metadata.name} has the subsets {', '.join(subsets)}; name the folder's: "
+                                  f"{metadata.name}:SUBSET={task.local_path}")  # fmt: skip
+        subset = english[0]
+    if subset not in subsets:
+        raise SynthembedError(f"{metadata.name} has no subset {subset!r} (it has {', '.join(subsets)})")
+    task.local_subset = subset
+    task.hf_subsets = [subset]
+    return task
 
 
 # What the protocol of each kind is made of: the attributes that change a score when they change
@@ -282,6 +346,10 @@ def protocol_of(task) -> dict[str, Any]:
     kind = kind_of(task)
     official = task.metadata.dataset.get("revision") != LOCAL_REVISION
     protocol: dict[str, Any] = {"bound_to": task.metadata.name if official else None}
+    if getattr(task, "local_subset", None):
+        protocol["subset"] = task.local_subset
+    if official and list(task.eval_splits) != list(task.metadata.eval_splits):  # the folder holds only these
+        protocol["splits"] = list(task.eval_splits)
     for attribute in _PROTOCOL_ATTRIBUTES.get(kind, ()):
         if hasattr(task, attribute):
             protocol[attribute] = getattr(task, attribute)
@@ -293,16 +361,19 @@ def protocol_of(task) -> dict[str, Any]:
     return protocol
 
 
-def bound_task(name: str, path: str | Path, languages: list[str] | None = None, limit: int | None = None) -> LocalTask:
-    """A local folder bound to the official mteb task `name` (`--tasks NAME=DIR`): read from the folder, scored with
-    exactly that task's protocol. Unlike local_task's guess from a folder name, a name mteb does not know is an error."""
+def bound_task(
+    name: str, path: str | Path, languages: list[str] | None = None, limit: int | None = None, subset: str | None = None
+) -> LocalTask:
+    """A local folder bound to the official mteb task `name` (`--tasks NAME=DIR`, `NAME:SUBSET=DIR`): read from the
+    folder, scored with exactly that task's protocol, as `subset` of a task with several (bind_subset). Unlike
+    local_task's guess from a folder name, a name mteb does not know is an error."""
     if _official_task(name) is None:
         import difflib
 
         close = difflib.get_close_matches(name, [t.metadata.name for t in mteb.get_tasks()], n=3)
         raise SynthembedError(f"{name}={path}: mteb has no task named {name!r}"
                               + (f"; did you mean {', '.join(close)}?" if close else ""))  # fmt: skip
-    return local_task(path, languages=languages, name=name, limit=limit)
+    return local_task(path, languages=languages, name=name, limit=limit, subset=subset)
 
 
 def _official_task(name: str | None) -> AbsTask | None:

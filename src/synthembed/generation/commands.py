@@ -30,7 +30,8 @@ from ..taskgroups import TASK_TYPES
 from . import rundir
 from .backends import BACKENDS
 from .cache import ResponseCache
-from .pipeline import AUTO_WORKERS_CONCURRENCY, generate
+from .feed import AUTO_WORKERS_CONCURRENCY
+from .pipeline import generate
 from .plan import GenerateConfig
 from .plan_only import configure_plan_arguments, run_plan
 from .stats import format_stats, load_stats, missing_requests

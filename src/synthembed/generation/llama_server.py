@@ -15,6 +15,9 @@ Two facts about llama-cpp-python's server (0.3.x) shape how it is run:
   ones: the non-streamed requests of our openai backend run to their end either way). It is switched off here, so that
   every client of the server gets whole replies.
 
+The server ends with the process that started it, however that ends: close(), the atexit hook, and also a SIGKILLed
+notebook kernel, whose atexit hooks never run (`popen_with_parent`: PR_SET_PDEATHSIG on Linux, a guardian elsewhere).
+
 Installing it: the wheel in ../shared/wheels (`pip install ../shared/wheels/llama_cpp_python-*.whl`), then the server's
 own packages (`pip install -e ".[llama]"`).
 """
@@ -22,12 +25,18 @@ own packages (`pip install -e ".[llama]"`).
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
+import ctypes
+import ctypes.util
 import os
+import queue
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -99,6 +108,107 @@ def _tail(path: Path, chars: int = LOG_TAIL_CHARS) -> str:
     return text[-chars:].strip() or "(the log is empty)"
 
 
+# --- a child process that ends with its parent -------------------------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _load_prctl():
+    """libc's prctl, looked up here in the parent (a forked child should call it, not load a library), or None off
+    Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    return prctl
+
+
+_prctl = _load_prctl()
+
+
+class _LastingThread:
+    """A daemon thread that runs the functions handed to it, one at a time, for as long as the process lives.
+
+    PR_SET_PDEATHSIG signals the child when the *thread* that forked it ends, not the process: a server started from a
+    short-lived thread (a ThreadPoolExecutor's, llm.run_async's inside Jupyter) would be stopped when that thread
+    finished. Children started from this thread end only with the process."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def run(self, fn):
+        with self._lock:  # (re)started on first use, and in a forked child, which has no threads
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._serve, name="synthembed-spawner", daemon=True)
+                self._thread.start()
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        self._jobs.put((fn, done))
+        return done.result()
+
+    def _serve(self) -> None:
+        while True:
+            fn, done = self._jobs.get()
+            try:
+                done.set_result(fn())
+            except BaseException as err:  # handed back to the caller's thread
+                done.set_exception(err)
+
+
+_SPAWNER = _LastingThread()
+
+# Where PR_SET_PDEATHSIG is missing: a guardian process between us and the child. It forwards SIGTERM and SIGINT,
+# checks every 0.2 s whether its parent (us) is still there (an orphan's parent id changes), stops the child when not,
+# and exits with the child's code. argv: parent pid, seconds the child gets to stop, then the child's command.
+_GUARDIAN = """
+import os, signal, subprocess, sys, time
+parent, grace, argv = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
+child = subprocess.Popen(argv)
+def stop(*_):
+    if child.poll() is None:
+        child.terminate()
+        try:
+            child.wait(grace)
+        except subprocess.TimeoutExpired:
+            child.kill()
+    sys.exit(child.wait())
+signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGINT, stop)
+while child.poll() is None:
+    if os.getppid() != parent:
+        stop()
+    time.sleep(0.2)
+sys.exit(child.returncode)
+"""
+
+
+def popen_with_parent(argv: Sequence[str], grace: float = 10.0, **popen_kwargs) -> subprocess.Popen:
+    """subprocess.Popen(argv, **popen_kwargs) for a child that ends when this process ends, however it ends (SIGKILL
+    included, where no atexit hook runs).
+
+    On Linux the child asks the kernel for SIGTERM when its parent goes (prctl PR_SET_PDEATHSIG, set between fork and
+    exec; it survives exec), and is started from a thread that lives as long as the process (_LastingThread); a parent
+    gone before the prctl took effect is caught by comparing the parent id. Elsewhere a guardian process stands between
+    (_GUARDIAN): the Popen's pid is then the guardian's, which passes SIGTERM on and stops the child within `grace`
+    seconds."""
+    parent = os.getpid()
+    if _prctl is not None:
+        prctl, sigterm = _prctl, int(signal.SIGTERM)
+
+        def end_with_parent() -> None:  # in the child, between fork and exec
+            prctl(_PR_SET_PDEATHSIG, sigterm, 0, 0, 0)
+            if os.getppid() != parent:  # the parent died before the prctl: nobody will send the signal
+                os._exit(1)
+
+        return _SPAWNER.run(lambda: subprocess.Popen(list(argv), preexec_fn=end_with_parent, **popen_kwargs))
+    guarded = [sys.executable, "-c", _GUARDIAN, str(parent), str(max(0.1, grace / 2)), *argv]
+    return subprocess.Popen(guarded, **popen_kwargs)
+
+
 class LlamaServer:
     """llama-cpp-python's OpenAI-compatible server for one GGUF, in a subprocess on a free local port.
 
@@ -150,8 +260,10 @@ class LlamaServer:
             self.log_path = self._temp_dir / "server.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:  # the child keeps its own handle; ours can close
-            self.process = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        atexit.register(self.close)  # a notebook kernel that exits without close() leaves no server behind
+            self.process = popen_with_parent(self.argv(), self.grace, stdout=log, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL)  # fmt: skip
+        # A kernel that exits without close() stops it here; one that is SIGKILLed, through popen_with_parent.
+        atexit.register(self.close)
         try:
             self._wait_until_ready()
         except BaseException:

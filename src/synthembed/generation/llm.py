@@ -21,7 +21,7 @@ import os
 import random
 import re
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -217,69 +217,108 @@ class LLMClient:
             return responses
         raise AssertionError("unreachable")
 
-    async def stream(self, requests: Sequence[ChatRequest], progress: Any = None) -> AsyncIterator[tuple[int, ChatResponse | LLMError]]:
-        """Yield (index, response or LLMError) as answers arrive: cache hits first, then fresh ones in completion order.
+    async def stream(self, requests: Iterable[ChatRequest], progress: Any = None,
+                     window: int | None = None) -> AsyncIterator[tuple[int, ChatResponse | LLMError]]:
+        """Yield (index in `requests`, response or LLMError) as answers arrive: a cache hit as soon as it is read, fresh
+        ones in completion order.
 
-        Each fresh response is committed to the cache before it is yielded. Once the cost budget is spent no new
-        request is sent; those already in flight finish and are yielded, and `self.stopped` says "max_cost".
+        `requests` is read lazily, a batch at a time as a worker gets free, so it may be a generator over a plan of any
+        size. `window` bounds how far reading runs ahead: the newest request read is less than `window` places after the
+        oldest one not yet yielded, so a caller that puts answers back in order holds at most `window` of them (a
+        request retrying for minutes holds reading back, instead of everything after it piling up).
+        Each fresh response is committed to the cache before it is yielded. Once the cost budget is spent no new request
+        is sent; those already in flight finish and are yielded, and `self.stopped` says "max_cost".
         """
-        pending: list[int] = []
-        for i, request in enumerate(requests):
-            hit = self.cache.get(request) if self.cache is not None else None
-            if hit is None:
-                pending.append(i)
-                continue
-            self._account(hit)
-            self._progress(progress)
-            yield i, hit
-        if not pending:
-            return
+        source = enumerate(requests)
         size = max(1, int(getattr(self.backend, "batch_size", 1)))
-        batches: asyncio.Queue = asyncio.Queue()
-        for start in range(0, len(pending), size):
-            batches.put_nowait(pending[start:start + size])
         results: asyncio.Queue = asyncio.Queue()
+        unyielded: set[int] = set()  # read, not yet yielded
+        state = {"read": 0, "oldest": 0, "exhausted": False}  # requests read; the oldest of them not yet yielded
+        room = asyncio.Event()  # set when the oldest unyielded request moves on
+
+        def take() -> list[tuple[int, ChatRequest]]:
+            """The next batch of requests to send (cache hits on the way go straight to `results`)."""
+            batch: list[tuple[int, ChatRequest]] = []
+            while len(batch) < size and (window is None or state["read"] < state["oldest"] + window):
+                try:
+                    i, request = next(source)
+                except StopIteration:
+                    state["exhausted"] = True
+                    break
+                state["read"] = i + 1
+                unyielded.add(i)
+                hit = self.cache.get(request) if self.cache is not None else None
+                if hit is None:
+                    batch.append((i, request))
+                else:
+                    self._account(hit)
+                    results.put_nowait((i, hit))
+            return batch
+
+        def yielded(i: int) -> None:
+            unyielded.discard(i)
+            while state["oldest"] < state["read"] and state["oldest"] not in unyielded:
+                state["oldest"] += 1
+            room.set()
 
         async def worker() -> None:
-            while not batches.empty():
+            while True:
                 if self.over_budget():
                     self.stopped = "max_cost"
                     return
-                indices = batches.get_nowait()
+                batch = take()
+                if not batch:
+                    if state["exhausted"]:
+                        return
+                    room.clear()  # the window is full: wait until the oldest request is yielded
+                    await room.wait()
+                    continue
                 try:
-                    answers: list[ChatResponse | LLMError] = list(await self._with_retries([requests[i] for i in indices]))
+                    answers: list[ChatResponse | LLMError] = list(await self._with_retries([r for _, r in batch]))
                 except LLMError as err:
-                    answers = [err] * len(indices)
-                for i, answer in zip(indices, answers, strict=True):
+                    answers = [err] * len(batch)
+                for (i, request), answer in zip(batch, answers, strict=True):
                     if isinstance(answer, ChatResponse):
                         if self.cache is not None:
-                            self.cache.put(requests[i], answer)
+                            self.cache.put(request, answer)
                         self._account(answer)
                     else:
                         self.usage.failures[answer.kind] += 1
-                    await results.put((i, answer))
+                    results.put_nowait((i, answer))
 
         n_workers = max(1, int(getattr(self.backend, "concurrency", 1)))
-        tasks = [asyncio.create_task(worker()) for _ in range(min(n_workers, batches.qsize()))]
+        tasks = [asyncio.create_task(worker()) for _ in range(n_workers)]
         done_workers = asyncio.gather(*tasks)
+        getter: asyncio.Future | None = None
         try:
             while True:
                 getter = asyncio.ensure_future(results.get())
                 finished, _ = await asyncio.wait({getter, done_workers}, return_when=asyncio.FIRST_COMPLETED)
                 if getter in finished:
+                    i, answer = getter.result()
+                    yielded(i)
                     self._progress(progress)
-                    yield getter.result()
+                    yield i, answer
                     continue
                 getter.cancel()
                 done_workers.result()  # re-raise a worker's fatal error (SynthembedError)
                 while not results.empty():
+                    i, answer = results.get_nowait()
+                    yielded(i)
                     self._progress(progress)
-                    yield results.get_nowait()
+                    yield i, answer
                 return
         finally:
+            if getter is not None:
+                getter.cancel()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            # Retrieved here, whatever ended the stream: a worker's error after the caller stopped reading (a full disk
+            # in the caller, then a closed client under the workers) would otherwise be printed by asyncio as
+            # "_GatheringFuture exception was never retrieved" above the run's own clean error.
+            if done_workers.done() and not done_workers.cancelled():
+                done_workers.exception()
 
     def _progress(self, progress: Any) -> None:
         if progress is None:

@@ -29,8 +29,8 @@ from .prompts import checked_group
 
 REASONS = (
     "empty", "invalid_json", "not_an_object", "not_a_list",  # parsing
-    "missing_field", "wrong_type", "empty_field", "control_characters", "identical_texts", "too_short", "too_long",
-    "wrong_language",  # checks
+    "missing_field", "wrong_type", "empty_field", "control_characters", "invalid_text", "identical_texts", "too_short",
+    "too_long", "wrong_language",  # checks
 )  # fmt: skip
 
 
@@ -334,10 +334,28 @@ LENGTH_TOLERANCE = 2.0
 _PYDANTIC_REASONS = {"missing": "missing_field", "string_too_short": "empty_field"}
 
 
-def _bad_character(text: str) -> str | None:
-    """The first control character (other than newline, tab, carriage return) or lone surrogate in `text`, else None:
-    such texts come from a broken reply, and a lone surrogate cannot even be written to examples.jsonl."""
-    return next((c for c in text if c not in "\n\t\r" and unicodedata.category(c) in ("Cc", "Cs")), None)
+# Unicode's control characters (category Cc: U+0000-001F, U+007F-009F) but newline, tab and carriage return; lone
+# surrogates (category Cs); U+FFFD. One regex pass: judging runs on every reply.
+_BROKEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffd]")
+
+
+def _bad_character(text: str) -> tuple[str, str] | None:
+    """(reason, detail) for the first character in `text` that only a broken reply holds, else None:
+    - a control character other than newline, tab and carriage return ("control_characters");
+    - a lone surrogate (a JSON escape such as "\\ud800" alone, which examples.jsonl could not even hold) or U+FFFD, the
+      replacement character that a broken encoding leaves behind: a lone surrogate in the reply itself (made storable
+      as U+FFFD by llm.valid_unicode), invalid UTF-8 decoded with "replace", or a server that detokenised half of a
+      multi-byte character ("invalid_text"). A text with a character lost is not a training example.
+    """
+    found = _BROKEN.search(text)
+    if found is None:
+        return None
+    c = found.group()
+    if c == "\ufffd":
+        return "invalid_text", "holds U+FFFD, the replacement character of a broken encoding"
+    if unicodedata.category(c) == "Cs":
+        return "invalid_text", f"holds the lone surrogate U+{ord(c):04X} (a broken encoding)"
+    return "control_characters", f"holds the control character U+{ord(c):04X}"
 
 
 def _normalised(text: str) -> str:
@@ -359,7 +377,7 @@ def validate_example(task_type: str, obj: Any, placeholders: dict[str, Any] | No
     for name in group.fields:  # before the schema, which would call a lone surrogate a "wrong_type"
         bad = _bad_character(obj[name]) if isinstance(obj.get(name), str) else None
         if bad is not None:
-            return Verdict(False, "control_characters", f"{name} holds the control character U+{ord(bad):04X}")
+            return Verdict(False, bad[0], f"{name} {bad[1]}")
     try:
         fields = group.schema().model_validate(obj).model_dump()
     except ValidationError as err:

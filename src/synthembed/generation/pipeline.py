@@ -9,7 +9,8 @@ parse, validate, deduplicate, write. Resumable: kill it at any moment and run it
     synthembed stats runs/gen --plots runs/gen/plots
 
 The run directory's files are rundir.py's (examples.jsonl, tasks.jsonl, rejects.jsonl, stats.json, cache.sqlite,
-config.json); the requests are plan.py's; stats.json is computed by stats.py; the commands are commands.py's.
+config.json); the requests are plan.py's, fed to the client a window at a time by feed.py; stats.json is computed by
+stats.py; the commands are commands.py's.
 
 How resuming stays exact:
 - The plan (every request) is a pure function of the config and the brainstorm responses; each request carries its own
@@ -31,8 +32,6 @@ import asyncio
 import contextlib
 import json
 import os
-import select
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -46,21 +45,12 @@ from .backends import make_backend
 from .cache import ResponseCache
 from .cost import cost_usd, load_prices, price_of
 from .dedup import Deduplicator, normalize_text
+from .feed import auto_workers, in_plan_order, judging_pool, plan_window
 from .llm import ChatResponse, LLMClient, LLMError, run_async
 from .parsing import ParseError, judge, parse_task_list, reply_problem
-from .plan import TASKS_PER_BRAINSTORM, GenerateConfig, Planned, brainstorm_plan, generation_plan
+from .plan import TASKS_PER_BRAINSTORM, GenerateConfig, Planned, brainstorm_plan, iter_generation_plan, plan_size
 from .prompts import task_instruction
 from .stats import compute_stats, summary_line
-
-# From this many requests in flight, judging replies on the event loop holds back sending: measured with 200 ms
-# replies at concurrency 32, one worker process gave 0.90 of the ideal request rate against 0.88 inline
-# (docs/benchmarks.md). Below it, the worker's start-up costs more than it saves.
-AUTO_WORKERS_CONCURRENCY = 32
-
-
-def auto_workers(concurrency: int) -> int:
-    """Judging processes when none are asked for: one for high-concurrency runs on a machine with a core to spare."""
-    return 1 if concurrency >= AUTO_WORKERS_CONCURRENCY and (os.cpu_count() or 1) >= 2 else 0
 
 
 def _is_fenced(response: ChatResponse | None) -> bool:
@@ -153,24 +143,6 @@ class _Run:
 
     # --- step 1: brainstorm -----------------------------------------------------------------------------------------
 
-    async def answers(self, plans: list[Planned], desc: str):
-        """(plan, response or LLMError) in plan order, holding back answers that arrive early."""
-        progress = _progress_bar(self.progress, len(plans), desc)
-        ready: dict[int, ChatResponse | LLMError] = {}
-        position = 0
-        try:
-            async for i, answer in self.client.stream([p.request for p in plans], progress):
-                ready[i] = answer
-                while position in ready:
-                    yield plans[position], ready.pop(position)
-                    position += 1
-        finally:
-            if progress is not None:
-                progress.close()
-        # The stream ended (all answered, or the budget stopped it): what is left sits after a gap.
-        for i in sorted(ready):
-            yield plans[i], ready[i]
-
     def _wave(self, tasks: dict[str, list[str]], next_round: dict[str, int]) -> list[Planned]:
         """The next brainstorm requests: per group, as many rounds as its shortfall needs (so 20k tasks are not 2k waves),
         planning for half of the ~20 asked for, since duplicates and bad replies happen."""
@@ -211,17 +183,23 @@ class _Run:
             if not wave:
                 break
             answered = set()
-            async for planned, answer in self.answers(wave, f"brainstorm {wave_index + 1}"):
-                group = planned.task_type
-                if not isinstance(answer, LLMError):
-                    answered.add(planned.request_id)
-                for task in self._task_list(planned, answer):
-                    key = normalize_text(task)
-                    if len(tasks[group]) >= self.config.tasks_wanted(group) or key in seen[group]:
-                        continue
-                    seen[group].add(key)
-                    tasks[group].append(task)
-                    rows.append({"task_type": group, "task": task, "request_id": planned.request_id})
+            progress = _progress_bar(self.progress, len(wave), f"brainstorm {wave_index + 1}")
+            try:
+                async with contextlib.aclosing(in_plan_order(self.client, wave, progress=progress)) as answers:
+                    async for planned, answer, _ in answers:
+                        group = planned.task_type
+                        if not isinstance(answer, LLMError):
+                            answered.add(planned.request_id)
+                        for task in self._task_list(planned, answer):
+                            key = normalize_text(task)
+                            if len(tasks[group]) >= self.config.tasks_wanted(group) or key in seen[group]:
+                                continue
+                            seen[group].add(key)
+                            tasks[group].append(task)
+                            rows.append({"task_type": group, "task": task, "request_id": planned.request_id})
+            finally:
+                if progress is not None:
+                    progress.close()
             for planned in wave:
                 if planned.request_id not in answered:
                     self.unanswered[planned.task_type] = self.unanswered.get(planned.task_type, 0) + 1
@@ -233,58 +211,49 @@ class _Run:
 
     # --- step 2: generate -------------------------------------------------------------------------------------------
 
-    def _count_earlier_spending(self, plan: list[Planned]) -> None:
-        """What earlier sessions paid for the examples already written counts against --max-cost."""
+    def _count_earlier_spending(self, tasks: dict[str, list[str]]) -> None:
+        """What earlier sessions paid for the examples already written counts against --max-cost (one pass over the
+        plan, only for a resumed run with a budget: nothing else reads it)."""
         cache = self.client.cache
-        if cache is None:
+        if cache is None or self.client.max_cost is None or not self.done:
             return
-        for p in plan:
+        for p in iter_generation_plan(self.config, tasks):
             hit = cache.get(p.request) if p.request_id in self.done else None
             if hit is not None:
                 self.client.spent_before += cost_usd(hit.model or p.request.model, hit.prompt_tokens,
                                                      hit.completion_tokens, self.client.prices)
 
-    def _judging(self, planned: Planned, answer: ChatResponse | LLMError, loop) -> asyncio.Future | None:
-        """A future of judge(answer): in a worker process when there is a pool, else already done; None for a failure."""
-        if isinstance(answer, LLMError):
-            return None
+    def _judging(self, planned: Planned, answer: ChatResponse) -> asyncio.Future:
+        """A future of judge(answer): in a worker process when there is a pool, else already done."""
         args = (planned.task_type, answer.text, answer.finish_reason, answer.refusal, planned.placeholders,
                 self.config.length_tolerance)
+        loop = asyncio.get_running_loop()
         if self.pool is not None:
             return loop.run_in_executor(self.pool, judge, *args)
         future = loop.create_future()
         future.set_result(judge(*args))
         return future
 
-    async def generate(self, tasks: dict[str, list[str]]) -> list[Planned]:
-        """Send the pending generation requests; judge each answer as it arrives (in worker processes when there are
-        any), then deduplicate and write in plan order, so the accepted set does not depend on arrival order."""
-        plan = generation_plan(self.config, tasks)
-        pending = [p for p in plan if p.request_id not in self.done]
-        self._count_earlier_spending(plan)
-        if not pending or self.client.stopped:
-            return plan
-        loop = asyncio.get_running_loop()
-        progress = _progress_bar(self.progress, len(pending), "generate")
-        slots: dict[int, tuple[ChatResponse | LLMError, asyncio.Future | None]] = {}
-        position = 0
+    async def generate(self, tasks: dict[str, list[str]]) -> None:
+        """Send the pending generation requests, planned as they are sent (feed.py: the plan is never held whole);
+        judge each answer as it arrives (in worker processes when there are any), then deduplicate and write in plan
+        order, so the accepted set does not depend on arrival order."""
+        self._count_earlier_spending(tasks)
+        if self.client.stopped:
+            return
+        pending = (p for p in iter_generation_plan(self.config, tasks) if p.request_id not in self.done)
+        done_here = sum(1 for request_id in self.done if request_id.startswith("generate/"))  # the bar's total alone
+        progress = _progress_bar(self.progress, max(0, plan_size(self.config, tasks) - done_here), "generate")
+        answers = in_plan_order(self.client, pending, progress=progress, judging=self._judging,
+                                window=plan_window(self.client.backend))
         try:
-            async for i, answer in self.client.stream([p.request for p in pending], progress):
-                slots[i] = (answer, self._judging(pending[i], answer, loop))
-                while position in slots and (slots[position][1] is None or slots[position][1].done()):
-                    answer, future = slots.pop(position)
-                    if future is not None:
-                        self.process(pending[position], answer, future.result())
-                    position += 1
+            async with contextlib.aclosing(answers):
+                async for planned, answer, verdict in answers:
+                    if verdict is not None:
+                        self.process(planned, answer, verdict)
         finally:
             if progress is not None:
                 progress.close()
-        # The stream ended (everything answered, or the budget stopped it): the rest, in plan order.
-        for i in sorted(slots):
-            answer, future = slots[i]
-            if future is not None:
-                self.process(pending[i], answer, await future)
-        return plan
 
 
 def check_budget(max_cost: float | None, models: list[str], prices: dict, paid: bool) -> None:
@@ -304,71 +273,32 @@ def check_budget(max_cost: float | None, models: list[str], prices: dict, paid: 
         )
 
 
-def _start_worker(run_pid: int) -> None:
-    """Set up a judging worker process: end it with the run, and load the language detector once, before the first
-    reply arrives."""
-    _end_with(run_pid)
-    from .parsing import detect_language
-
-    detect_language("warm up the detector")
-
-
-def _end_with(pid: int) -> None:
-    """End this process as soon as process `pid` ends, however it ends (SIGKILL and SIGTERM included). A worker's parent
-    is multiprocessing's forkserver, which itself stays up while any worker lives, so neither would ever notice that
-    the run is gone (measured: both kept running after a SIGKILL); PR_SET_PDEATHSIG would watch the forkserver, not the
-    run. A pidfd becomes readable when its process ends; without one (not Linux), the run is looked for every second."""
-    try:
-        handle = os.pidfd_open(pid)
-    except ProcessLookupError:
-        os._exit(1)
-    except (AttributeError, OSError):
-        handle = None
-
-    def watch() -> None:
-        if handle is not None:
-            select.select([handle], [], [])
-        else:  # signal 0 finds the run for as long as it exists
-            with contextlib.suppress(ProcessLookupError):
-                while not os.kill(pid, 0):
-                    time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="end-with-run", daemon=True).start()
-
-
-def _run_session(run: _Run, backend: Any, workers: int) -> tuple[list[Planned], dict[str, float]]:
-    """Brainstorm, then generate, on the event loop; (the generation plan, seconds per step)."""
-    if workers > 0:
-        import concurrent.futures
-        import multiprocessing
-
-        # forkserver: forking a process that runs threads (the loopback server, the event loop) is not safe
-        run.pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"),
-                                                          initializer=_start_worker, initargs=(os.getpid(),))
+def _run_session(run: _Run, backend: Any, workers: int) -> tuple[dict[str, list[str]], dict[str, float]]:
+    """Brainstorm, then generate, on the event loop; (the tasks generation used, seconds per step)."""
+    run.pool = judging_pool(workers)
     timing: dict[str, float] = {}
 
-    async def steps() -> list[Planned]:
+    async def steps() -> dict[str, list[str]]:
         try:
             started = time.perf_counter()
             tasks = await run.brainstorm()
             timing["brainstorm_s"] = round(time.perf_counter() - started, 3)
             started = time.perf_counter()
-            plan = await run.generate(tasks)
+            await run.generate(tasks)
             timing["generate_s"] = round(time.perf_counter() - started, 3)
-            return plan
+            return tasks
         finally:
             closer = getattr(backend, "aclose", None)
             if closer is not None:
                 await closer()
 
     try:
-        plan = run_async(steps())
+        tasks = run_async(steps())
     finally:
         run.close()
         if run.pool is not None:
             run.pool.shutdown(cancel_futures=True)
-    return plan, timing
+    return tasks, timing
 
 
 def generate(
@@ -441,8 +371,8 @@ def generate(
         client = LLMClient(backend, cache=response_cache, prices=price_table, max_cost=max_cost, max_retries=max_retries,
                            backoff=backoff, seed=config.seed)
         run = _Run(out, config, client, progress)
-        plan, timing = _run_session(run, backend, workers)
-        stats = compute_stats(out, config, plan, response_cache, price_table, runtime, client, previous, timing,
+        tasks, timing = _run_session(run, backend, workers)
+        stats = compute_stats(out, config, tasks, response_cache, price_table, runtime, client, previous, timing,
                               run.unanswered)
         response_cache.close()
         rundir.write_stats(out, stats)

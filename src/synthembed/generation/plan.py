@@ -5,6 +5,7 @@
     paper = GenerateConfig(examples_per_group="short-long=167000,sts=99000", model_shares={"gpt-4": 0.75, "gpt-3.5-turbo": 0.25})
     brainstorm_plan(config, "short-long", 0).request_id          # 'brainstorm/short-long/0'
     generation_plan(config, {"short-long": ["Given a question, retrieve answers."], ...})   # every generation request
+    iter_generation_plan(config, tasks)      # the same requests one at a time: what a run uses, never holding them all
 
 The plan is a pure function of the config and the brainstormed tasks: the same config gives the same requests, byte for
 byte, which is what lets a killed run resume from its response cache (pipeline.py). That includes the model each
@@ -16,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -243,10 +244,10 @@ def all_brainstorm_plans(config: GenerateConfig) -> list[Planned]:
     return [brainstorm_plan(config, t, r) for t in config.brainstorm_groups for r in range(config.brainstorm_rounds)]
 
 
-def generation_plan(config: GenerateConfig, tasks: dict[str, list[str]]) -> list[Planned]:
-    """Every generation request, in plan order: group, task slot, sample (examples_for_slot per slot). sts and bitext
-    have fixed instructions, so their tasks_per_type slots differ only in their sampled placeholders."""
-    plan = []
+def iter_generation_plan(config: GenerateConfig, tasks: Mapping[str, Sequence[str]]) -> Iterator[Planned]:
+    """Every generation request, in plan order: group, task slot, sample (examples_for_slot per slot), one at a time, so
+    that a run never holds its whole plan (about 2 KB a request: 1 GB at the paper's 507k). sts and bitext have fixed
+    instructions, so their tasks_per_type slots differ only in their sampled placeholders."""
     for task_type in config.task_types:
         fixed = TASK_GROUP[task_type].instruction is not None
         slots: Sequence[str | None] = [None] * config.tasks_per_type if fixed else tasks.get(task_type, [])
@@ -254,5 +255,20 @@ def generation_plan(config: GenerateConfig, tasks: dict[str, list[str]]) -> list
             for k in range(config.examples_for_slot(task_type, j)):
                 request_id = f"generate/{task_type}/{j}/{k}"
                 placeholders = sample_placeholders(task_type, _rng(config.seed, request_id), config.languages)
-                plan.append(_planned(config, request_id, generation_prompt(task_type, task, placeholders)))
-    return plan
+                yield _planned(config, request_id, generation_prompt(task_type, task, placeholders))
+
+
+def generation_plan(config: GenerateConfig, tasks: Mapping[str, Sequence[str]]) -> list[Planned]:
+    """Every generation request, in plan order (iter_generation_plan, held whole: for small plans and tests)."""
+    return list(iter_generation_plan(config, tasks))
+
+
+def plan_size(config: GenerateConfig, tasks: Mapping[str, Sequence[str]]) -> int:
+    """How many requests iter_generation_plan yields for `tasks`, counted without planning one.
+
+    >>> plan_size(GenerateConfig(task_types="sts,short-long", tasks_per_type=3), {"short-long": ["a", "b"]})
+    10
+    """
+    return sum(config.examples_for_slot(t, j)
+               for t in config.task_types
+               for j in range(config.tasks_per_type if TASK_GROUP[t].instruction is not None else len(tasks.get(t, []))))

@@ -9,15 +9,18 @@ and cost, and their plain-text summary (shown by `synthembed stats RUN`, command
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
+from ..data import iter_jsonl
 from ..taskgroups import STAND_IN_FINGERPRINT
 from . import rundir
 from .cache import ResponseCache
 from .cost import cost_usd, price_of
 from .llm import LLMClient
-from .plan import GenerateConfig, Planned, all_brainstorm_plans
+from .plan import GenerateConfig, all_brainstorm_plans, iter_generation_plan
 
 STAND_IN_NOTE = (
     "The LLM of this run is the loopback stand-in server: scripted responses composed from word lists and Tatoeba "
@@ -25,13 +28,20 @@ STAND_IN_NOTE = (
 )
 
 
-def _usage_from_cache(config: GenerateConfig, plan: list[Planned], cache: ResponseCache,
-                      prices: dict[str, tuple[float, float]]) -> dict[str, Any]:
-    """Tokens, cost and answered requests of the whole run (every session), from the cache rows of its requests."""
-    brainstorms = all_brainstorm_plans(config)
+def _plan_totals(config: GenerateConfig, tasks: Mapping[str, Sequence[str]], cache: ResponseCache,
+                 prices: dict[str, tuple[float, float]], done: set[str]) -> dict[str, Any]:
+    """One pass over the run's plan, planned a request at a time (never held whole): tokens, cost and answered requests
+    of every session from the cache rows of its requests; generation requests per group and per model, and those with
+    neither an example nor a reject (`done` holds the request ids that have one)."""
     totals: dict[str, Any] = {"prompt": 0, "completion": 0, "cost": 0.0, "unpriced": set(), "fingerprints": set(),
-                              "brainstorm": 0, "generate": 0}  # fmt: skip
-    for planned in brainstorms + plan:
+                              "brainstorm": 0, "generate": 0, "planned": 0, "pending": 0,
+                              "by_type": Counter(), "by_model": Counter()}  # fmt: skip
+    for planned in chain(all_brainstorm_plans(config), iter_generation_plan(config, tasks)):
+        if planned.stage == "generate":
+            totals["planned"] += 1
+            totals["pending"] += planned.request_id not in done
+            totals["by_type"][planned.task_type] += 1
+            totals["by_model"][planned.request.model] += 1
         hit = cache.get(planned.request)
         if hit is None:
             continue
@@ -46,101 +56,115 @@ def _usage_from_cache(config: GenerateConfig, plan: list[Planned], cache: Respon
     return totals
 
 
-def _by_task_type(config: GenerateConfig, plan: list[Planned], tasks: list[dict], examples: list[dict],
-                  generation_rejects: list[dict]) -> dict[str, dict[str, int]]:
+def _records(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of a run's JSONL file one at a time (a half-written last line dropped first)."""
+    rundir.truncate_partial_line(path)
+    if path.is_file():
+        yield from (obj for _, obj in iter_jsonl(path))
+
+
+def _file_counts(out: Path, config: GenerateConfig) -> dict[str, Any]:
+    """Counts from examples.jsonl and rejects.jsonl, read a line at a time (a run's files are never held whole)."""
+    counts: dict[str, Any] = {"accepted": 0, "rejected": 0, "done": set(), "fenced": 0}
+    for name in ("by_type", "by_model", "by_language", "bitext", "reasons", "brainstorm_reasons", "rejected_by_type"):
+        counts[name] = Counter()
+    for e in _records(out / rundir.EXAMPLES_FILE):
+        request_id = e["meta"].get("request_id")
+        counts["accepted"] += 1
+        counts["done"].add(request_id)
+        counts["by_type"][e["task_type"]] += 1
+        counts["by_language"][e["language"]] += 1
+        counts["fenced"] += bool(e["meta"].get("fenced"))
+        if request_id is not None:  # the model it was asked of: a draw from its id alone (plan.py)
+            counts["by_model"][config.generation_model(request_id)] += 1
+        if e["task_type"] == "bitext":
+            placeholders = e["meta"]["placeholders"]
+            counts["bitext"][f"{placeholders.get('src_lang')}-{placeholders.get('tgt_lang')}"] += 1
+    for r in _records(out / rundir.REJECTS_FILE):
+        counts["done"].add(r["request_id"])
+        counts["fenced"] += bool(r.get("fenced"))
+        if r["stage"] == "generate":
+            counts["rejected"] += 1
+            counts["reasons"][r["reason"]] += 1
+            counts["rejected_by_type"][r["task_type"]] += 1
+        else:
+            counts["brainstorm_reasons"][r["reason"]] += 1
+    return counts
+
+
+def _by_task_type(config: GenerateConfig, plan: dict[str, Any], files: dict[str, Any],
+                  tasks: list[dict]) -> dict[str, dict[str, int]]:
     """tasks, requests, accepted and rejected per group of the run."""
-    rows = {t: {"tasks": 0, "requests": 0, "accepted": 0, "rejected": 0} for t in config.task_types}
+    rows = {t: {"tasks": 0, "requests": plan["by_type"][t], "accepted": files["by_type"][t],
+                "rejected": files["rejected_by_type"][t]} for t in config.task_types}
     for row in tasks:
         rows[row["task_type"]]["tasks"] += 1
     for t in rows:
         if t not in config.brainstorm_groups:
             rows[t]["tasks"] = 1  # one fixed instruction
-    for p in plan:
-        rows[p.task_type]["requests"] += 1
-    for e in examples:
-        rows[e["task_type"]]["accepted"] += 1
-    for r in generation_rejects:
-        rows[r["task_type"]]["rejected"] += 1
     return rows
 
 
-def _by_model(plan: list[Planned], examples: list[dict]) -> dict[str, dict[str, int]]:
-    """Generation requests and accepted examples per model asked (model_shares spreads them over several)."""
-    model_of = {p.request_id: p.request.model for p in plan}
-    rows: dict[str, dict[str, int]] = {}
-    for model in model_of.values():
-        rows.setdefault(model, {"requests": 0, "accepted": 0})["requests"] += 1
-    for e in examples:
-        model = model_of.get(e["meta"].get("request_id"))
-        if model is not None:
-            rows[model]["accepted"] += 1
-    return rows
-
-
-def _faults(previous: dict[str, Any], client: LLMClient, examples: list[dict], rejects: list[dict]) -> dict[str, Any]:
+def _faults(previous: dict[str, Any], client: LLMClient, files: dict[str, Any]) -> dict[str, Any]:
     """Retries and failures over every session, and the content faults found in the replies."""
     http = Counter(previous.get("faults", {}).get("http_retries", {}))
     http.update(client.usage.retries)
     failed = Counter(previous.get("faults", {}).get("failed_requests", {}))
     failed.update(client.usage.failures)
-    reasons = Counter(r["reason"] for r in rejects)
+    reasons = files["reasons"] + files["brainstorm_reasons"]
     return {
         "http_retries": dict(sorted(http.items())),
         "failed_requests": dict(sorted(failed.items())),
-        "fenced_json": sum(1 for e in examples if e["meta"].get("fenced")) + sum(1 for r in rejects if r.get("fenced")),
+        "fenced_json": files["fenced"],
         **{reason: reasons[reason] for reason in ("refusal", "truncated", "invalid_json", "wrong_language")},
     }
 
 
-def compute_stats(out: Path, config: GenerateConfig, plan: list[Planned], cache: ResponseCache,
+def compute_stats(out: Path, config: GenerateConfig, tasks: Mapping[str, Sequence[str]], cache: ResponseCache,
                   prices: dict[str, tuple[float, float]], runtime: dict[str, Any], client: LLMClient,
                   previous: dict[str, Any], timing: dict[str, float],
                   unanswered: dict[str, int] | None = None) -> dict[str, Any]:
-    """stats.json: counts from the files, tokens and cost from the cache rows of every planned request. `unanswered`:
-    per brainstorm group, its requests this session got no answer to; such a group's generation requests wait."""
+    """stats.json: counts from the files, tokens and cost from the cache rows of every planned request (the plan of
+    `tasks`, the task definitions generation used). `unanswered`: per brainstorm group, its requests this session got
+    no answer to; such a group's generation requests wait. Files and plan are read a record at a time."""
     unanswered = unanswered or {}
-    examples = rundir.read_examples(out, missing_ok=True, repair=True)
-    rejects = rundir.read_rejects(out, repair=True)
-    generation_rejects = [r for r in rejects if r["stage"] == "generate"]
-    usage = _usage_from_cache(config, plan, cache, prices)
-    done = {e["meta"].get("request_id") for e in examples} | {r["request_id"] for r in rejects}
-    pending = sum(1 for p in plan if p.request_id not in done)
+    files = _file_counts(out, config)
+    plan = _plan_totals(config, tasks, cache, prices, files["done"])
+    accepted, rejected = files["accepted"], files["rejected"]
     waiting = sum(n for t, n in config.planned_requests().items() if t in unanswered)
-    bitext_pairs = Counter(f"{e['meta']['placeholders'].get('src_lang')}-{e['meta']['placeholders'].get('tgt_lang')}"
-                           for e in examples if e["task_type"] == "bitext")
     # The stand-in signs its answers; a model named "loopback" is the stand-in too (whatever served it).
     stand_in = (bool(runtime.get("stand_in")) or config.model.startswith("loopback")
-                or STAND_IN_FINGERPRINT in usage["fingerprints"])
-    generation_reasons = Counter(r["reason"] for r in generation_rejects)
+                or STAND_IN_FINGERPRINT in plan["fingerprints"])
+    generation_reasons = files["reasons"]
     return {
         "note": STAND_IN_NOTE if stand_in else "",
         "llm": {"backend": runtime["backend"], "model": config.model, "base_url": runtime.get("base_url"),
                 "stand_in": stand_in, "workers": runtime.get("workers")},
         "config": config.as_dict(),
         # Complete: every planned request has an answer or a verdict (a rerun of an incomplete run retries the rest).
-        "complete": pending == 0 and not unanswered,
+        "complete": plan["pending"] == 0 and not unanswered,
         "stopped": client.stopped,
         "max_cost": runtime.get("max_cost"),
-        "requests": {"brainstorm": usage["brainstorm"], "generate_planned": len(plan),
-                     "generate_answered": usage["generate"], "pending": pending,
+        "requests": {"brainstorm": plan["brainstorm"], "generate_planned": plan["planned"],
+                     "generate_answered": plan["generate"], "pending": plan["pending"],
                      "brainstorm_unanswered": sum(unanswered.values()), "waiting_for_tasks": waiting,
                      "groups_waiting_for_tasks": sorted(unanswered)},
-        "accepted": len(examples),
-        "rejected": len(generation_rejects),
-        "acceptance_rate": round(len(examples) / max(1, len(examples) + len(generation_rejects)), 4),
-        "by_task_type": _by_task_type(config, plan, rundir.read_tasks(out), examples, generation_rejects),
-        "by_model": _by_model(plan, examples),
-        "by_language": dict(Counter(e["language"] for e in examples).most_common()),
-        "bitext_pairs": dict(bitext_pairs.most_common()),
+        "accepted": accepted,
+        "rejected": rejected,
+        "acceptance_rate": round(accepted / max(1, accepted + rejected), 4),
+        "by_task_type": _by_task_type(config, plan, files, rundir.read_tasks(out)),
+        "by_model": {m: {"requests": n, "accepted": files["by_model"][m]} for m, n in plan["by_model"].items()},
+        "by_language": dict(files["by_language"].most_common()),
+        "bitext_pairs": dict(files["bitext"].most_common()),
         "rejections": dict(generation_reasons.most_common()),
-        "brainstorm_rejections": dict(Counter(r["reason"] for r in rejects if r["stage"] == "brainstorm").most_common()),
+        "brainstorm_rejections": dict(files["brainstorm_reasons"].most_common()),
         "duplicates": {"exact": generation_reasons["duplicate"], "near": generation_reasons["near_duplicate"]},
-        "faults": _faults(previous, client, examples, rejects),
-        "tokens": {"prompt": usage["prompt"], "completion": usage["completion"],
-                   "total": usage["prompt"] + usage["completion"]},
-        "cost_usd": round(usage["cost"], 6),
+        "faults": _faults(previous, client, files),
+        "tokens": {"prompt": plan["prompt"], "completion": plan["completion"],
+                   "total": plan["prompt"] + plan["completion"]},
+        "cost_usd": round(plan["cost"], 6),
         "cost_is_hypothetical": stand_in,
-        "unpriced_models": sorted(usage["unpriced"]),
+        "unpriced_models": sorted(plan["unpriced"]),
         "price_usd_per_1m_tokens": dict(zip(("input", "output"), price_of(config.model, prices) or (None, None), strict=True)),
         "session": {**client.usage.as_dict(), **timing},
         "sessions": int(previous.get("sessions", 0)) + 1,

@@ -63,6 +63,16 @@ class TrainArguments:
         metadata={"help": "how to mine negatives for BEIR data: bm25, none, or embedding:<model> (a smaller model)"},
     )
     mine_depth: int = field(default=30, metadata={"help": "mined negatives are sampled from this many top documents"})
+    mine_skip: int = field(
+        default=0,
+        metadata={"help": "leave out this many top-ranked non-relevant documents, where unjudged positives hide: "
+                          "negatives come from ranks [--mine-skip, --mine-depth)"},
+    )
+    mine_ratio: float | None = field(
+        default=None,
+        metadata={"help": "never take a negative that scores above this fraction of its query's positive (BM25 "
+                          "score or cosine), e.g. 0.95: NV-Retriever's positive-aware ceiling"},
+    )
     mix: list[float] | None = field(
         default=None, metadata={"help": "comma-separated sampling ratio per --data entry, e.g. 1,0.5"}
     )
@@ -111,6 +121,8 @@ _VALUE_CHECKS = (
     ("log_every", lambda v: v >= 1, "must be at least 1"),
     ("keep_checkpoints", lambda v: v >= 1, "must be at least 1"),
     ("mine_depth", lambda v: v >= 1, "must be at least 1"),
+    ("mine_skip", lambda v: v >= 0, "must be >= 0"),
+    ("mine_ratio", lambda v: v is None or 0 < v <= 1, "must be a fraction of the positive's score, in (0, 1]"),
     ("bf16", lambda v: v in ("auto", "yes", "no"), "must be auto, yes or no"),
     ("pooling", lambda v: v is None or v in POOLING_MODES, f"must be one of {', '.join(POOLING_MODES)}"),
 )
@@ -125,6 +137,11 @@ def check_arguments(args: TrainArguments) -> None:
         value = getattr(args, name)
         if not valid(value):
             raise SynthembedError(f"{option(name)} {rule}, got {value!r}")
+    if args.mine_skip >= args.mine_depth:
+        raise SynthembedError(
+            f"--mine-skip {args.mine_skip} leaves no rank to mine from: negatives come from ranks [--mine-skip, "
+            f"--mine-depth), so it must be below --mine-depth ({args.mine_depth})"
+        )
     unknown = sorted(set(args.no_in_batch_negatives_for or ()) - set(TASK_TYPES))
     if unknown:
         raise SynthembedError(

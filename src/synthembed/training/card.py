@@ -274,11 +274,21 @@ def _recipe(facts: dict[str, Any]) -> list[str]:
          if config.get("lora_rank") else "none: every weight trained"),
         ("pooling", config.get("pooling")), ("max length (tokens)", config.get("max_len")),
         ("query instructions", "yes: `Instruct: {task}\\nQuery: {query}`" if config.get("instructions") else "no"),
-        ("hard negatives for labeled data", s.get("hard_negatives")), ("seed", s.get("seed")),
+        ("hard negatives for labeled data", _mining(s)), ("seed", s.get("seed")),
         ("last logged loss", None if facts["last_loss"] is None else f"{facts['last_loss']:.4f}"),
     ]  # fmt: skip
     return ["## Training recipe", "", "| setting | value |", "| --- | --- |",
             *(f"| {k} | {v} |" for k, v in rows if v is not None), ""]  # fmt: skip
+
+
+def _mining(s: dict[str, Any]) -> str | None:
+    """How labeled data's negatives were mined, with the guards where they were on (an older run records none)."""
+    how = s.get("hard_negatives")
+    if how in (None, "none"):
+        return how
+    guards = [f"ranks {s['mine_skip']}-{s.get('mine_depth')}" if s.get("mine_skip") else None,
+              f"at most {s['mine_ratio']} of the positive's score" if s.get("mine_ratio") else None]  # fmt: skip
+    return ", ".join([how, *filter(None, guards)])
 
 
 def _evaluation(facts: dict[str, Any]) -> list[str]:

@@ -55,8 +55,12 @@ def configure_train_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", dest="progress", action="store_false", help="no progress bars")
 
 
+def train_arguments(args: argparse.Namespace) -> TrainArguments:
+    """The parsed options as TrainArguments (one per field)."""
+    return TrainArguments(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainArguments)})
+
+
 def run_train_command(args: argparse.Namespace) -> int:
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainArguments)}
-    out = train(TrainArguments(**values))
+    out = train(train_arguments(args))
     print(f"[train] finished: {out}")
     return 0

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..data import Example, beir_document, format_query, read_beir, read_examples
 from ..errors import SynthembedError
+from .args import TrainArguments
 from .mining import mine_negatives
 
 # Task instructions for labeled retrieval sets, as E5-mistral's model card lists them (a plain lookup, tevatron style).
@@ -151,10 +152,13 @@ def load_pairs(
     progress: bool = True,
     cache_dir: Path | None = None,
     mined: dict | None = None,
+    mine_skip: int = 0,
+    mine_ratio: float | None = None,
 ) -> list[TrainingPair]:
     """Read every data entry (examples.jsonl, a folder holding one, or a BEIR folder), mine negatives for BEIR, mix by
     `mix`. The settings are those of `synthembed train` (see TrainArguments); `max_len` bounds an embedding miner's
-    inputs.
+    inputs; `mine_skip` and `mine_ratio` are the miner's guards against false negatives (training/mining.py: the rank
+    window's start and the positive-aware ceiling).
 
     Mined negatives are read from `cache_dir` where present there; newly mined ones are put into `mined`
     ({file name: negatives}) for the caller to save once the output directory exists.
@@ -164,8 +168,9 @@ def load_pairs(
     miner = None
     if hard_negatives != "none":
         miner = partial(
-            mine_negatives, hard_negatives, depth=mine_depth, seed=seed, max_len=max_len, show_progress=progress
-        )
+            mine_negatives, hard_negatives, depth=mine_depth, seed=seed, max_len=max_len, show_progress=progress,
+            skip=mine_skip, max_positive_ratio=mine_ratio,
+        )  # fmt: skip
     sources = []
     for entry in data:
         path = Path(entry).expanduser()
@@ -185,6 +190,16 @@ def load_pairs(
     if not pairs:
         raise SynthembedError(f"--data {','.join(data)}: no training pairs (empty data, or --mix ratios of 0)")
     return pairs
+
+
+def training_pairs(args: TrainArguments, cache_dir: Path | None = None, mined: dict | None = None) -> list[TrainingPair]:
+    """The pairs a run with settings `args` trains on: load_pairs with every data and mining setting of `args` (what
+    train() reads; `cache_dir` and `mined` as in load_pairs)."""
+    return load_pairs(
+        args.data, mix=args.mix, seed=args.seed, beir_split=args.beir_split, beir_instruction=args.beir_instruction,
+        hard_negatives=args.hard_negatives, mine_depth=args.mine_depth, max_len=args.max_len, progress=args.progress,
+        cache_dir=cache_dir, mined=mined, mine_skip=args.mine_skip, mine_ratio=args.mine_ratio,
+    )  # fmt: skip
 
 
 def _beir_task(path: Path, setting: str) -> str | None:

@@ -69,15 +69,18 @@ def training_summary(
     synthetic_used: bool,
     similarities: dict[str, dict[str, float]],
     st_max_abs_diff: dict[str, float],
+    data: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Notebook 03's numbers, as tests/test_train_notebook.py reads them back: the training pairs, and per model (each
     a run folder `train_dir`/<name>) its log summary, its query-document similarities before and after training, how
-    far sentence-transformers' embeddings of the export are from ours, and where the adapter and merged model are."""
+    far sentence-transformers' embeddings of the export are from ours, where the adapter and merged model are, and
+    which data it trained on (`data`: its setting, e.g. "curated")."""
     numbers: dict[str, Any] = {"pairs": pairs, "synthetic_used": synthetic_used}
     for name, shift in similarities.items():
         out = Path(train_dir) / name
         numbers[name] = {
             **log_summary(out), **shift, "st_max_abs_diff": st_max_abs_diff[name],
             "merged": str(out / "merged"), "adapter": str(out / "adapter"),
+            **({"data": data[name]} if data and name in data else {}),
         }  # fmt: skip
     return numbers

@@ -32,12 +32,13 @@ from ..model_config import read_model_config
 from ..paths import local_folder_name
 from .args import TrainArguments, changed_settings, check_arguments, check_batch_sizes, recorded_settings
 from .checkpoint import ARGS, DATA, check_out, latest_checkpoint, read_settings, resume_checkpoint, save_checkpoint
-from .data import BatchPlan, batch_texts, in_batch_flags, load_pairs
+from .data import BatchPlan, batch_texts, in_batch_flags, training_pairs
 from .export import export
 from .log import TrainLog
 
 if TYPE_CHECKING:
     from ..losses import CachedInfoNCE
+
 
 def train(args: TrainArguments, on_step: Callable[[int, float], Any] | None = None) -> Path:
     """Train as `args` says; returns --out. `on_step(step, loss)` is called after every optimizer step (1-based).
@@ -72,11 +73,7 @@ def _train(args: TrainArguments, out: Path, on_step: Callable[[int, float], Any]
     set_seed(args.seed)
 
     mined: dict[str, Any] = {}
-    pairs = load_pairs(
-        args.data, mix=args.mix, seed=args.seed, beir_split=args.beir_split, beir_instruction=args.beir_instruction,
-        hard_negatives=args.hard_negatives, mine_depth=args.mine_depth, max_len=args.max_len, progress=args.progress,
-        cache_dir=None if fresh_data else out / DATA, mined=mined,
-    )  # fmt: skip
+    pairs = training_pairs(args, cache_dir=None if fresh_data else out / DATA, mined=mined)
     plan = BatchPlan(pairs, args.batch_size, seed=args.seed, group_by_task_type=args.group_by_task_type)
     total_steps = args.max_steps or max(1, math.floor(plan.steps_per_epoch * args.epochs))
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..data import Example, beir_document, format_query
 from ..errors import SynthembedError
+from ..model_config import uses_instructions
 
 
 def _pick(ranked: list[str], excluded: set[str], n_negatives: int, depth: int, skip: int, rng: random.Random) -> list[str]:
@@ -186,7 +187,9 @@ def mine_negatives(
 ) -> dict[str, list[str]]:
     """One hard negative per judged query (corpus, queries and qrels as read_beir gives them), by `how` (`synthembed
     train --hard-negatives`): "bm25", or "embedding:<model>" for any model load_embedder accepts (its inputs cut at
-    min(max_len, 512) tokens). `skip` and `max_positive_ratio` are the guards above (off by default)."""
+    min(max_len, 512) tokens), whose queries carry `task` only where that model takes instructions (model_config's
+    uses_instructions: our exports as trained, decoder-only models yes, encoders like MiniLM no). `skip` and
+    `max_positive_ratio` are the guards above (off by default)."""
     print(f"[train] mining hard negatives with {how} for {len(queries)} queries over {len(corpus)} documents")
     guards = {"skip": skip, "max_positive_ratio": max_positive_ratio}
     if how == "bm25":
@@ -194,6 +197,10 @@ def mine_negatives(
     if how.startswith("embedding:"):
         from ..model import load_embedder
 
-        miner = load_embedder(how.split(":", 1)[1], max_len=min(max_len, 512))
+        name = how.split(":", 1)[1]
+        miner = load_embedder(name, max_len=min(max_len, 512))
+        # the miner ranks as it was trained to: a query gets the instruction only where the miner model takes one
+        # (the rule evaluation follows), so MiniLM mines with the plain queries it knows
+        task = task if uses_instructions(name, miner) else None
         return mine_embedding(miner, corpus, queries, qrels, task=task, depth=depth, seed=seed, **guards)
     raise SynthembedError(f"--hard-negatives {how!r}: use bm25, none, or embedding:<model>")
