@@ -203,4 +203,5 @@ def test_each_raw_fault_is_sent_as_described(fault):
     elif fault == "unauthorized":
         assert status == 401 and KEY in body.decode() and f"Bearer {KEY}" in body.decode()
     elif fault == "trickle":
-        assert status == 200 and took >= 0.25 and json.loads(body) == json.loads(again[1])
+        # the same answer, but for its "created" second: the trickle may end in the next one
+        assert status == 200 and took >= 0.25 and {**json.loads(body), "created": 0} == {**json.loads(again[1]), "created": 0}
