@@ -170,7 +170,7 @@ def curate(
         from ..model import load_embedder
 
         embedder = load_embedder(config.embedder, max_len=config.max_len)
-    instructions = uses_instructions(config.embedder or "", config.instructions) if embedder is not None else None
+    instructions = uses_instructions(config.embedder or "", config.instructions, embedder) if embedder is not None else None
     out.mkdir(parents=True, exist_ok=True)
     stats: dict[str, Any] = {
         "source": str(source),

@@ -17,17 +17,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .. import model_config
 from ..data import Example, format_query
-from ..model_config import read_model_config
 
 
-def uses_instructions(model: str, setting: bool | None) -> bool:
-    """Whether queries get their instruction (`Instruct: {task}\\nQuery: ...`): the setting where given, else what the
-    model was trained with when it is one of ours (synthembed_config.json), else False (most off-the-shelf embedders,
-    MiniLM among them, were trained on plain queries)."""
+def uses_instructions(model: str, setting: bool | None, embedder=None) -> bool:
+    """Whether queries get their instruction (`Instruct: {task}\nQuery: ...`): the setting where given, else the
+    project's one rule (model_config.uses_instructions, which evaluation and the miner follow too)."""
     if setting is not None:
         return setting
-    return bool((read_model_config(model) or {}).get("instructions", False))
+    return model_config.uses_instructions(model, embedder)
 
 
 def triplet_scores(
