@@ -4,11 +4,13 @@ replay from a cache alone, and the API key that must land in no file."""
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
 from synthembed.data import Example, read_examples
 from synthembed.errors import SynthembedError
+from synthembed.generation import digests
 from synthembed.generation.dedup import Deduplicator, normalize_text
 from synthembed.generation.pipeline import generate
 from synthembed.generation.plan import GenerateConfig, brainstorm_plan, generation_plan, iter_generation_plan
@@ -79,6 +81,22 @@ def test_deduplication_exact_and_near():
     assert dedup.check("sts", "a CAT sat", "A cat, sat down", "Birds sing.") == "near_duplicate"
     assert dedup.check("bitext", "A cat sat.", "A cat sat down.", "Dogs bark.") is None  # per task group
     assert dedup.check("sts", "A dog sat.", "A cat sat down.", None) is None
+
+
+def test_digest_set_behaves_as_a_set_across_merges(monkeypatch):
+    """DigestSet against a Python set of the same keys, with merges into the sorted array every 7 additions (str and
+    bytes keys, repeats, lone surrogates), and its memory at 8 bytes a merged key."""
+    monkeypatch.setattr(digests, "MERGE_AT", 7)
+    rng = random.Random(0)
+    keys = [f"generate/sts/{rng.randrange(300):04d}" for _ in range(500)] + ["\ud800 lone", b"raw bytes", ""]
+    compact, reference = digests.DigestSet(), set()
+    for key in keys:
+        assert compact.add(key) == (key not in reference)
+        reference.add(key)
+    assert len(compact) == len(reference) and bool(compact)
+    assert all(key in compact for key in reference)
+    assert not any(f"generate/sts/{n:04d}x" in compact for n in range(300)) and 12 not in compact
+    assert compact._sorted.nbytes == 8 * (len(reference) - len(compact._recent)) and len(compact._recent) < 7
 
 
 def test_half_written_last_line_is_dropped(tmp_path):

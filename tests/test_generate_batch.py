@@ -15,18 +15,14 @@ import pytest
 import yaml
 
 from synthembed.cli import main
+from synthembed.errors import SynthembedError
 from synthembed.generation import rundir
-from synthembed.generation.batch import (
-    BATCH_ENDPOINT,
-    BatchLimits,
-    OpenAIBatchBackend,
-    batch_line,
-    batch_prices,
-    read_result_line,
-)
+from synthembed.generation.batch import OpenAIBatchBackend, batch_prices
+from synthembed.generation.batch_files import BATCH_ENDPOINT, BatchLimits, batch_line, read_result_line, request_of_line
+from synthembed.generation.cache import ResponseCache
 from synthembed.generation.cost import PRICES, price_of
 from synthembed.generation.estimate import GpuThroughput, backend_costs, estimate_plan, measured_tokens
-from synthembed.generation.llm import ChatRequest, ChatResponse, LLMError, RetryableError
+from synthembed.generation.llm import ChatRequest, ChatResponse, LLMClient, LLMError, RetryableError, run_async
 from synthembed.generation.pipeline import generate
 from synthembed.generation.plan import GenerateConfig
 from synthembed.reference import PAPER_EXAMPLES_BY_GROUP
@@ -348,3 +344,94 @@ def test_without_resubmits_a_failed_line_waits_for_the_rerun_which_sends_only_it
     assert not first["complete"] and first["faults"]["failed_requests"] and last["complete"]
     planned = last["requests"]["brainstorm"] + last["requests"]["generate_planned"]
     assert sum(e["requests"] for e in _entries(out)) == planned + failed_lines
+
+
+# --- flat memory: the plan is read a file at a time, answers go to the cache ----------------------------------------
+
+
+def _numbered_requests(count: int, progress: list[int]):
+    for i in range(count):
+        progress[0] = i + 1
+        yield ChatRequest("loopback", [{"role": "user", "content": f"Write sentence {i}."}], seed=i)
+
+
+def test_prefetch_reads_the_plan_a_file_at_a_time_and_answers_into_the_cache(tmp_path):
+    """Each batch file is submitted as soon as it is full, before the rest of the plan is read (nothing holds the
+    plan); the answers land in the cache, and streaming the requests afterwards counts them as this session's."""
+    read = [0]
+    with LoopbackServer() as server:
+        backend = _batch_backend(tmp_path, server, limits=BatchLimits(max_requests=10))
+        read_when_sent = []
+        send = backend.jobs.send
+
+        async def recording_send(n):
+            read_when_sent.append(read[0])
+            await send(n)
+
+        backend.jobs.send = recording_send
+        client = LLMClient(backend, cache=ResponseCache(tmp_path / "cache.sqlite"))
+
+        async def session():
+            await client.prefetch(_numbered_requests(45, read))
+            assert read_when_sent == [11, 21, 31, 41, 45]  # file k goes out when request 10k + 1 is read
+            assert len(client.cache) == 45 and backend.final == {} and client.usage.requests == 0
+            assert [e.get("imported") for e in rundir.read_batches(tmp_path)["batches"]] == [True] * 5
+            assert not list((tmp_path / "batches").glob("*.output.jsonl"))  # downloads removed once imported
+            answers = [a async for _, a in client.stream(_numbered_requests(45, read))]
+            await backend.aclose()
+            return answers
+
+        answers = run_async(session())
+    assert all(isinstance(a, ChatResponse) and a.text for a in answers)
+    assert client.usage.requests == 45 and client.usage.cache_hits == 0  # fresh, though read back from the cache
+    assert server.batch_api.created == 5
+
+
+def test_batch_lines_round_trip_to_their_requests():
+    request = ChatRequest("m", [{"role": "user", "content": "hé"}], temperature=0.7, max_tokens=5, seed=2, marker="x")
+    line = json.loads(json.dumps(batch_line(request, marker=True), ensure_ascii=False))
+    back = request_of_line(line)
+    assert back == request and back.key() == line["custom_id"] and back.marker == "x"
+    line["body"]["messages"][0]["content"] = "changed"
+    with pytest.raises(SynthembedError, match="not the request of that custom_id"):
+        request_of_line(line)
+
+
+def test_a_budget_sends_one_batch_at_a_time_and_a_rerun_finishes_the_same_data(tmp_path):
+    """--max-cost in batch mode: batches go out one after another while the answers so far leave budget; the run stops
+    incomplete, having sent nothing past the budget but the batch that crossed it, and a rerun with no budget ends with
+    the data of a run that never stopped."""
+    limits = BatchLimits(max_requests=6)
+    with LoopbackServer() as server:
+        whole = _generate(tmp_path / "whole", server, backend=_batch_backend(tmp_path / "whole", server, limits=limits))
+    prices = {"loopback": (100.0, 100.0)}  # USD per 1M tokens, so that a handful of replies cost cents
+    with LoopbackServer() as server:
+        out = tmp_path / "budget"
+        budget = 0.3 * _cost_at(whole, prices)
+        first = _generate(out, server, backend=_batch_backend(out, server, limits=limits), max_cost=budget,
+                          prices=prices)  # fmt: skip
+        entries = _entries(out)
+        one_batch = max(e["requests"] for e in entries) * _cost_at(whole, prices) / _planned(whole)
+        rest = _generate(out, server, backend=_batch_backend(out, server, limits=limits), prices=prices)
+    assert first["stopped"] == "max_cost" and not first["complete"]
+    assert budget <= first["cost_usd"] <= budget + 2 * one_batch  # the batch that crossed it, at most
+    assert rest["complete"]
+    for name in ("examples.jsonl", "rejects.jsonl", "tasks.jsonl"):
+        assert (out / name).read_text() == (tmp_path / "whole" / name).read_text(), name
+
+
+def _planned(stats: dict) -> int:
+    return stats["requests"]["brainstorm"] + stats["requests"]["generate_planned"]
+
+
+def _cost_at(stats: dict, prices: dict) -> float:
+    """The run's tokens at `prices` (half price: the Batch API's)."""
+    inp, outp = prices["loopback"]
+    return 0.5 * (stats["tokens"]["prompt"] * inp + stats["tokens"]["completion"] * outp) / 1e6
+
+
+def test_max_batches_is_checked_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["generate", "--out", str(out), "--backend", "openai-batch", "--base-url", "http://127.0.0.1:9/v1",
+                 "--model", "loopback", "--max-batches", "0"])  # fmt: skip
+    assert code == 2 and "--max-batches" in capsys.readouterr().err and not out.exists()

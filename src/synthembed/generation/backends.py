@@ -286,9 +286,10 @@ class ReplayBackend:
 
 def make_backend(name: str, model: str | None = None, base_url: str | None = None, concurrency: int = 8,
                  timeout: float = 120.0, batch_size: int = 8, max_new_tokens: int = 1024,
-                 state_dir: str | os.PathLike | None = None, stand_in: bool = False) -> Any:
+                 state_dir: str | os.PathLike | None = None, stand_in: bool = False, max_batches: int = 64) -> Any:
     """A backend by name: "openai", "transformers" (`model` is a local path or hub id), "replay", or "openai-batch"
-    (batch.py; `state_dir` is the run directory that records its batches, `stand_in` the loopback stand-in)."""
+    (batch.py; `state_dir` is the run directory that records its batches, `stand_in` the loopback stand-in,
+    `max_batches` the batches in flight at once)."""
     if name == "openai-batch":
         from .batch import OpenAIBatchBackend
 
@@ -296,7 +297,7 @@ def make_backend(name: str, model: str | None = None, base_url: str | None = Non
             raise SynthembedError("the openai-batch backend needs the run directory (state_dir) to record its batches")
         # The stand-in answers a batch in seconds; OpenAI's take minutes to hours.
         return OpenAIBatchBackend(state_dir, base_url=base_url, markers=stand_in, timeout=timeout,
-                                  poll_interval=0.2 if stand_in else 30.0)
+                                  poll_interval=0.2 if stand_in else 30.0, max_in_flight=max_batches)
     if name == "openai":
         urls = [url.strip() for url in (base_url or os.environ.get("OPENAI_BASE_URL") or "").split(",") if url.strip()]
         if len(urls) > 1:  # several servers: `concurrency` requests in flight on each (endpoints.py)

@@ -74,33 +74,33 @@ class ResponseCache:
     def get(self, request: ChatRequest) -> ChatResponse | None:
         with self._guard():
             row = self.conn.execute(
-                "SELECT text, finish_reason, refusal, prompt_tokens, completion_tokens, model, fingerprint FROM "
-                "responses WHERE key = ?",
+                "SELECT text, finish_reason, refusal, prompt_tokens, completion_tokens, model, fingerprint, created "
+                "FROM responses WHERE key = ?",
                 (request.key(),),
             ).fetchone()
         if row is None:
             return None
-        text, finish_reason, refusal, prompt_tokens, completion_tokens, model, fingerprint = row
+        text, finish_reason, refusal, prompt_tokens, completion_tokens, model, fingerprint, created = row
         return ChatResponse(text, finish_reason or "stop", refusal, prompt_tokens or 0, completion_tokens or 0,
-                            model or "", True, system_fingerprint=fingerprint)
+                            model or "", True, system_fingerprint=fingerprint, created=created)
+
+    def has(self, key: str) -> bool:
+        """Whether the request with this key (ChatRequest.key()) has an answer here."""
+        with self._guard():
+            return self.conn.execute("SELECT 1 FROM responses WHERE key = ?", (key,)).fetchone() is not None
 
     def put(self, request: ChatRequest, response: ChatResponse) -> None:
         with self._guard():
-            self.conn.execute(
-                "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    request.key(),
-                    json.dumps(request.as_dict(), ensure_ascii=False),
-                    response.text,
-                    response.finish_reason,
-                    response.refusal,
-                    response.prompt_tokens,
-                    response.completion_tokens,
-                    response.model,
-                    time.time(),
-                    response.system_fingerprint,
-                ),
-            )
+            self.conn.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                              _row(request, response))  # fmt: skip
+            self.conn.commit()
+
+    def put_many(self, pairs: list[tuple[ChatRequest, ChatResponse]]) -> None:
+        """Many answers in one commit (a batch's results); an answer the cache holds already stays as it is, with its
+        time, so that one paid for by an earlier session never counts as this session's."""
+        with self._guard():
+            self.conn.executemany("INSERT OR IGNORE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                  [_row(request, response) for request, response in pairs])  # fmt: skip
             self.conn.commit()
 
     def __len__(self) -> int:
@@ -124,3 +124,18 @@ class ResponseCache:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def _row(request: ChatRequest, response: ChatResponse) -> tuple:
+    return (
+        request.key(),
+        json.dumps(request.as_dict(), ensure_ascii=False),
+        response.text,
+        response.finish_reason,
+        response.refusal,
+        response.prompt_tokens,
+        response.completion_tokens,
+        response.model,
+        time.time(),
+        response.system_fingerprint,
+    )

@@ -9,10 +9,11 @@ after normalize_text). The paper removes exact duplicates (section 3.1); near on
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import unicodedata
+
+from .digests import DigestSet
 
 _NOT_WORD = re.compile(r"[\W_]+", re.UNICODE)
 
@@ -31,16 +32,16 @@ class Deduplicator:
     and positive), within a task group."""
 
     def __init__(self) -> None:
-        # 16-byte digests of the keys, not the texts: a run of 500k examples would otherwise hold every text twice
-        # (gigabytes); at 128 bits two different keys share a digest with odds far below any other failure.
-        self.exact: set[bytes] = set()
-        self.near: set[bytes] = set()
+        # 64-bit digests of the keys, not the texts: a run of 500k examples would otherwise hold every text twice
+        # (gigabytes); DigestSet keeps them in about 8 bytes each (digests.py says why that is safe).
+        self.exact = DigestSet()
+        self.near = DigestSet()
 
     @staticmethod
-    def _keys(task_type: str, query: str, positive: str, negative: str | None) -> tuple[bytes, bytes]:
+    def _keys(task_type: str, query: str, positive: str, negative: str | None) -> tuple[str, str]:
         exact = json.dumps([task_type, query, positive, negative], ensure_ascii=False)
         near = json.dumps([task_type, normalize_text(query), normalize_text(positive)], ensure_ascii=False)
-        return _digest(exact), _digest(near)
+        return exact, near
 
     def check(self, task_type: str, query: str, positive: str, negative: str | None) -> str | None:
         """None when new (and remembered), else "duplicate" or "near_duplicate"."""
@@ -52,7 +53,3 @@ class Deduplicator:
         self.exact.add(exact)
         self.near.add(near)
         return None
-
-
-def _digest(key: str) -> bytes:
-    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()

@@ -7,8 +7,8 @@ in worker processes (pipeline.py runs the steps).
 The plan is read a request at a time (plan.iter_generation_plan) and never held whole: the client reads it only as far
 as `window` requests past the oldest one still unanswered (LLMClient.stream), and here the answers wait for their turn
 in the plan, so a run holds about `window` requests at any moment, whether it plans 5,000 or the paper's 507,000 (a
-plan held whole was about 2 KB a request: 1 GB at 507k). The batch backend is the exception it has to be: the requests
-of the batches it has in flight wait for their answers in memory (at most its max_in_flight files of 50,000).
+plan held whole was about 2 KB a request: 1 GB at 507k). The batch backend answers a stage's requests into the cache
+first (LLMClient.prefetch, batch.py: its files are on disk, not in memory), then the stage is streamed the same way.
 """
 
 from __future__ import annotations
@@ -36,7 +36,10 @@ PLAN_WINDOW = 8192
 
 def plan_window(backend: Any) -> int:
     """How far reading the plan may run ahead of its oldest unanswered request: PLAN_WINDOW, or four times what the
-    backend can have in flight when that is more (the batch backend: its files of up to 50,000 requests)."""
+    backend can have in flight when that is more. A backend that prefetches (the Batch API) has put every answer in
+    the cache before the stage is streamed: PLAN_WINDOW."""
+    if hasattr(backend, "prefetch"):
+        return PLAN_WINDOW
     in_flight = max(1, int(getattr(backend, "concurrency", 1))) * max(1, int(getattr(backend, "batch_size", 1)))
     return max(PLAN_WINDOW, 4 * in_flight)
 

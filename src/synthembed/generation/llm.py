@@ -20,6 +20,7 @@ import json
 import os
 import random
 import re
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -84,6 +85,11 @@ class RetryableError(LLMError):
         self.retry_after = retry_after
 
 
+class BudgetSpent(Exception):
+    """A backend's word that it sends nothing more because the budget is spent (the batch backend, whose prefetch
+    stopped there): the LLMClient stops as it does at its own budget check. Not an LLMError: nothing failed."""
+
+
 class CacheMiss(LLMError):
     def __init__(self, message: str):
         super().__init__(message, "not_in_cache")
@@ -139,6 +145,7 @@ class ChatResponse:
     # HTTP-level retries this response needed, by kind ("rate_limit", "server_error", "timeout", ...)
     retries: dict[str, int] = field(default_factory=dict)
     system_fingerprint: str | None = None  # the loopback stand-in signs its answers "loopback-stand-in"
+    created: float | None = None  # when a cached answer was written to the cache (time.time())
 
     def __post_init__(self) -> None:
         # Whatever a backend decoded, the text must be storable: a lone surrogate would crash the cache write (and,
@@ -178,6 +185,9 @@ class LLMClient:
         self.usage = Usage()
         self.stopped: str | None = None  # "max_cost" once the budget is spent
         self.spent_before = 0.0  # USD an earlier session of the same run spent: the budget covers the whole run
+        # Cache rows written after this are this session's answers: a backend that prefetches into the cache (the
+        # Batch API) has its answers read back from there, and they count as fresh, not as cache hits.
+        self.started = time.time()
         self._rng = random.Random(seed)  # jitter only; never affects what is generated
 
     def _account(self, response: ChatResponse) -> None:
@@ -188,7 +198,7 @@ class LLMClient:
         self.usage.prompt_tokens += response.prompt_tokens
         self.usage.completion_tokens += response.completion_tokens
         self.usage.cost_usd += cost
-        if response.cached:
+        if response.cached and not (response.created is not None and response.created >= self.started):
             self.usage.cache_hits += 1
         else:
             self.usage.requests += 1
@@ -196,6 +206,13 @@ class LLMClient:
 
     def over_budget(self) -> bool:
         return self.max_cost is not None and self.usage.cost_usd + self.spent_before >= self.max_cost
+
+    async def prefetch(self, requests: Iterable[ChatRequest]) -> None:
+        """Let a backend that answers in bulk (one with `prefetch(client, requests)`: the Batch API) put the answers to
+        `requests` into the cache before they are streamed; for any other backend, or without a cache, nothing."""
+        fetch = getattr(self.backend, "prefetch", None)
+        if fetch is not None and self.cache is not None and not self.stopped:
+            await fetch(self, requests)
 
     async def _with_retries(self, batch: list[ChatRequest]) -> list[ChatResponse]:
         retries: Counter = Counter()
@@ -277,6 +294,9 @@ class LLMClient:
                     answers: list[ChatResponse | LLMError] = list(await self._with_retries([r for _, r in batch]))
                 except LLMError as err:
                     answers = [err] * len(batch)
+                except BudgetSpent:
+                    self.stopped = "max_cost"
+                    return
                 for (i, request), answer in zip(batch, answers, strict=True):
                     if isinstance(answer, ChatResponse):
                         if self.cache is not None:

@@ -45,6 +45,7 @@ from .backends import make_backend
 from .cache import ResponseCache
 from .cost import cost_usd, load_prices, price_of
 from .dedup import Deduplicator, normalize_text
+from .digests import DigestSet
 from .feed import auto_workers, in_plan_order, judging_pool, plan_window
 from .llm import ChatResponse, LLMClient, LLMError, run_async
 from .parsing import ParseError, judge, parse_task_list, reply_problem
@@ -73,12 +74,15 @@ class _Run:
         self.config = config
         self.client = client
         self.progress = progress
-        examples = rundir.read_examples(out, missing_ok=True, repair=True)
-        rejects = rundir.read_rejects(out, repair=True)
-        self.done = {e["meta"].get("request_id", e["id"]) for e in examples} | {r["request_id"] for r in rejects}
+        # What earlier sessions did, read a record at a time and remembered as digests (flat memory at 500k requests)
+        self.done = DigestSet()
+        self.generated_done = 0  # generation requests among them: the progress bar's total
         self.dedup = Deduplicator()
-        for e in examples:
+        for e in rundir.iter_records(out, rundir.EXAMPLES_FILE, repair=True):
+            self._mark_done(e["meta"].get("request_id", e["id"]))
             self.dedup.check(e["task_type"], e["query"], e["positive"], e.get("negative"))
+        for r in rundir.iter_records(out, rundir.REJECTS_FILE, repair=True):
+            self._mark_done(r["request_id"])
         self.pool = None  # a ProcessPoolExecutor for judging replies, set when workers are asked for
         # Per brainstorm group: its requests of this session that got no answer (failed after retries, or not sent once
         # the budget was spent). Such a group waits: it gets no generation requests until a rerun answers them.
@@ -88,12 +92,16 @@ class _Run:
     def close(self) -> None:
         self.files.close()
 
+    def _mark_done(self, request_id: str) -> None:
+        if self.done.add(request_id) and request_id.startswith("generate/"):
+            self.generated_done += 1
+
     # --- writing ----------------------------------------------------------------------------------------------------
 
     def reject(self, planned: Planned, reason: str, detail: str, response: ChatResponse | None) -> None:
         if planned.request_id in self.done:
             return
-        self.done.add(planned.request_id)
+        self._mark_done(planned.request_id)
         self.files.reject({
             "request_id": planned.request_id,
             "stage": planned.stage,
@@ -107,7 +115,7 @@ class _Run:
 
     def accept(self, planned: Planned, response: ChatResponse, obj: dict[str, Any], query: str, positive: str,
                negative: str | None) -> None:
-        self.done.add(planned.request_id)
+        self._mark_done(planned.request_id)
         meta = ExampleMeta(placeholders=planned.placeholders, model=response.model or planned.request.model,
                            prompt_sha256=planned.prompt_sha256, request_id=planned.request_id,
                            fenced=_is_fenced(response))
@@ -183,6 +191,7 @@ class _Run:
             if not wave:
                 break
             answered = set()
+            await self.client.prefetch(p.request for p in wave)  # the Batch API: the wave in batches, into the cache
             progress = _progress_bar(self.progress, len(wave), f"brainstorm {wave_index + 1}")
             try:
                 async with contextlib.aclosing(in_plan_order(self.client, wave, progress=progress)) as answers:
@@ -241,9 +250,12 @@ class _Run:
         self._count_earlier_spending(tasks)
         if self.client.stopped:
             return
+        # The Batch API: every pending request in batches, answered into the cache (one pass over the plan), before
+        # the pass below reads them back in plan order; other backends answer as they are streamed.
+        await self.client.prefetch(p.request for p in iter_generation_plan(self.config, tasks)
+                                   if p.request_id not in self.done)  # fmt: skip
         pending = (p for p in iter_generation_plan(self.config, tasks) if p.request_id not in self.done)
-        done_here = sum(1 for request_id in self.done if request_id.startswith("generate/"))  # the bar's total alone
-        progress = _progress_bar(self.progress, max(0, plan_size(self.config, tasks) - done_here), "generate")
+        progress = _progress_bar(self.progress, max(0, plan_size(self.config, tasks) - self.generated_done), "generate")
         answers = in_plan_order(self.client, pending, progress=progress, judging=self._judging,
                                 window=plan_window(self.client.backend))
         try:
@@ -318,6 +330,7 @@ def generate(
     workers: int | None = None,
     stand_in: bool = False,
     progress: bool = True,
+    max_batches: int = 64,
 ) -> dict[str, Any]:
     """Run (or resume) a generation into `out`; returns its stats (also written to out/stats.json).
 
@@ -327,6 +340,7 @@ def generate(
     (language detection is the costly part), which keeps the event loop free to send at full concurrency; None
     chooses by `auto_workers`.
     `stand_in=True` marks the run as the loopback stand-in's in stats.json (also detected from its answers' signature).
+    `max_batches` is how many batches the openai-batch backend has in flight at once (one while `max_cost` is set).
     """
     config = config or GenerateConfig()
     workers = auto_workers(concurrency) if workers is None else workers
@@ -359,7 +373,7 @@ def generate(
             backend = make_backend(backend, model=config.model if backend == "transformers" else None, base_url=base_url,
                                    concurrency=concurrency, timeout=timeout, batch_size=batch_size,
                                    max_new_tokens=config.max_tokens or 1024, state_dir=out,
-                                   stand_in=stand_in or config.model.startswith("loopback"))
+                                   stand_in=stand_in or config.model.startswith("loopback"), max_batches=max_batches)
         # A backend with its own prices (the Batch API's half price) counts every answer of the run at them.
         factor = getattr(backend, "price_factor", 1.0)
         price_table = {m: (i * factor, o * factor) for m, (i, o) in price_table.items()} if factor != 1.0 else price_table

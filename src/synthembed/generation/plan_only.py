@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import SynthembedError
 from . import rundir
-from .batch import BatchLimits
+from .batch_files import BatchLimits
 from .cost import load_prices
 from .estimate import BATCH_PRICE_FACTOR, SAMPLE_PROMPTS, TOKENS_PER_WORD, GpuThroughput, PlanEstimate, estimate_plan
 from .plan import GenerateConfig

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -117,6 +118,17 @@ def _records(path: Path, repair: bool) -> list[dict[str, Any]]:
     return [obj for _, obj in iter_jsonl(path)] if path.is_file() else []
 
 
+def iter_records(run_dir: str | Path, name: str, *, repair: bool = False) -> Iterator[dict[str, Any]]:
+    """The records of one of the run's JSONL files (EXAMPLES_FILE, REJECTS_FILE) a line at a time, none where it is
+    missing: how a resumed run reads 500k examples without holding them. `repair` as for read_examples."""
+    path = Path(run_dir) / name
+    if repair:
+        truncate_partial_line(path)
+    if path.is_file():
+        for _, obj in iter_jsonl(path):
+            yield obj
+
+
 def read_examples(run_dir: str | Path, *, missing_ok: bool = False, repair: bool = False) -> list[dict[str, Any]]:
     """examples.jsonl as dicts. Without it a folder is not a generation run (an error unless `missing_ok`).
 
@@ -199,7 +211,7 @@ def is_stand_in(run_dir: str | Path) -> bool | None:
     return None if stats is None else bool(stats.get("llm", {}).get("stand_in"))
 
 
-# --- batches.json and batches/: the openai-batch backend's record (generation/batch.py) ----------------------------
+# --- batches.json and batches/: the openai-batch backend's record (generation/batch.py; the files: batch_files.py) ---
 
 BATCHES_FILE = "batches.json"
 BATCH_INPUTS_DIR = "batches"
@@ -215,18 +227,5 @@ def write_batches(out: str | Path, state: dict[str, Any]) -> None:
     write_json_atomic(Path(out) / BATCHES_FILE, state)
 
 
-def write_batch_input(out: str | Path, number: int, content: bytes) -> str:
-    """Write batch input file `number` (JSONL bytes) atomically; its name relative to the run directory."""
-    name = f"{BATCH_INPUTS_DIR}/{number:05d}.jsonl"
-    replace_atomic(Path(out) / name, lambda tmp: tmp.write_bytes(content))
-    return name
-
-
 def batch_input_path(out: str | Path, name: str) -> Path:
     return Path(out) / name
-
-
-def batch_custom_ids(out: str | Path, name: str) -> list[str]:
-    """The custom_ids of a batch input file, in its order ([] where the file is gone)."""
-    path = batch_input_path(out, name)
-    return [obj["custom_id"] for _, obj in iter_jsonl(path)] if path.is_file() else []

@@ -1,0 +1,207 @@
+"""The batches of one run at the provider, and the run's record of them: batches.json and the index of which batch file
+holds which request (batch_files.py), uploading and submitting a file, polling a batch until it ends, downloading its
+results, and the progress bar over all of them. The openai-batch backend (batch.py) decides what to send; this module
+sends it, through the official client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from ..errors import SynthembedError
+from . import rundir
+from .batch_files import BATCH_ENDPOINT, BatchIndex, drop_unfinished
+from .llm import RetryableError, redact
+
+COMPLETION_WINDOW = "24h"
+TERMINAL = ("completed", "failed", "expired", "cancelled")
+
+
+class BatchJobs:
+    """The batches of the run in `state_dir`, reached through `client` (an openai.AsyncOpenAI); `poll_interval` seconds
+    between batches.retrieve calls; `progress` None shows the bar where stderr is a terminal."""
+
+    def __init__(self, state_dir: Path, client: Any, api_key: str, poll_interval: float, progress: bool | None):
+        import openai
+
+        self.state_dir = Path(state_dir)
+        self.folder = self.state_dir / rundir.BATCH_INPUTS_DIR
+        self.poll_interval = poll_interval
+        self._client = client
+        self._api_key = api_key
+        self._openai = openai
+        self._state: dict[str, Any] | None = None
+        self.index: BatchIndex | None = None
+        self._progress = progress
+        self._bar = None
+        self._counts: dict[int, tuple[int, int]] = {}  # batch file number -> (lines answered, lines)
+        self.submitted = 0  # batches this session created (the stand-in's tests count them)
+
+    # --- state: OUT/batches.json, the batch files and their index -------------------------------------------------
+
+    def load(self) -> dict[str, Any]:
+        """batches.json, read once; the index opened (built from the input files where a run has none)."""
+        if self._state is None:
+            self._state = rundir.read_batches(self.state_dir)
+            drop_unfinished(self.folder)
+            self.index = BatchIndex(self.folder, [e for e in self._state["batches"] if not e.get("imported")],
+                                     self.state_dir)  # fmt: skip
+        return self._state
+
+    def save(self) -> None:
+        rundir.write_batches(self.state_dir, self.load())
+
+    def entry(self, n: int) -> dict[str, Any]:
+        return self.load()["batches"][n - 1]
+
+    def record(self, tmp: Path, lines: int, size: int, sha256: str, keys: list[str]) -> int:
+        """A finished input file gets its number and name, its entry in batches.json and its lines in the index."""
+        state = self.load()
+        n = len(state["batches"]) + 1
+        name = f"{rundir.BATCH_INPUTS_DIR}/{n:05d}.jsonl"
+        os.replace(tmp, rundir.batch_input_path(self.state_dir, name))
+        state["batches"].append(
+            {
+                "n": n,
+                "file": name,
+                "requests": lines,
+                "bytes": size,
+                "sha256": sha256,
+                "input_file_id": None,
+                "batch_id": None,
+                "status": "written",
+                "output_file_id": None,
+                "error_file_id": None,
+                "imported": False,
+                "written_at": time.time(),
+            }
+        )
+        # batches.json first: a kill before the index is written leaves a file that no request points to (never sent,
+        # its requests written again), never an index row pointing past batches.json
+        self.save()
+        self.index.add(n, keys)
+        return n
+
+    # --- the API ----------------------------------------------------------------------------------------------------
+
+    async def send(self, n: int) -> None:
+        """Upload and submit batch file `n` as far as it has not been (a resumed session finishes what a kill cut)."""
+        entry = self.entry(n)
+        if entry["batch_id"] is not None:
+            return
+        if entry["input_file_id"] is None:
+            path = rundir.batch_input_path(self.state_dir, entry["file"])
+            uploaded = await self.call(self._client.files.create(file=(path.name, path.read_bytes()), purpose="batch"))
+            entry["input_file_id"] = uploaded.id
+            self.save()
+        else:  # uploaded by an earlier session: perhaps submitted too, with the reply lost to a kill
+            page = await self.call(self._client.batches.list(limit=100))
+            found = next((b for b in page.data if b.input_file_id == entry["input_file_id"]), None)
+            if found is not None:
+                entry.update(batch_id=found.id, status=found.status)
+                self.save()
+                return
+        batch = await self.call(
+            self._client.with_options(max_retries=0).batches.create(
+                input_file_id=entry["input_file_id"],
+                endpoint=BATCH_ENDPOINT,
+                completion_window=COMPLETION_WINDOW,
+                metadata={"synthembed_file": entry["file"], "synthembed_sha256": entry["sha256"]},
+            )
+        )
+        self.submitted += 1
+        entry.update(batch_id=batch.id, status=batch.status, submitted_at=time.time())
+        self.save()
+
+    @contextlib.contextmanager
+    def api_errors(self):
+        """An API failure as a RetryableError (the LLMClient tries again, which resumes from the state) or a
+        SynthembedError (a refused key: every call would fail)."""
+        openai = self._openai
+        try:
+            yield
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
+            raise SynthembedError(
+                redact(f"the batch endpoint refused the request ({err.status_code}): {err.message}", self._api_key)
+            ) from None
+        except openai.APIStatusError as err:
+            raise RetryableError(
+                redact(f"batch API error {err.status_code}: {err.message}", self._api_key),
+                "rate_limit" if err.status_code == 429 else "server_error",
+            ) from None
+        except (openai.APIConnectionError, openai.APITimeoutError) as err:
+            raise RetryableError(f"batch API unreachable: {err}", "connection") from None
+
+    async def call(self, awaitable):
+        with self.api_errors():
+            return await awaitable
+
+    async def download(self, file_id: str | None, path: Path) -> Path:
+        """A result file streamed to `path` (never held in memory whole); `path` is absent where there is no file."""
+        path.unlink(missing_ok=True)
+        if file_id:
+            partial = path.with_name(path.name + ".part")
+            with self.api_errors():
+                async with self._client.files.with_streaming_response.content(file_id) as response:
+                    await response.stream_to_file(partial)
+            os.replace(partial, path)
+        return path
+
+    # --- waiting ----------------------------------------------------------------------------------------------------
+
+    def show(self, n: int, done: int, total: int) -> None:
+        """The batches' progress bar: lines answered of the lines waited for, and how many batches are in each status."""
+        self._counts[n] = (done, total)
+        if self._bar is None:
+            from tqdm.auto import tqdm
+
+            # progress None: shown where stderr is a terminal (tqdm's disable=None)
+            self._bar = tqdm(
+                total=0,
+                desc="batches",
+                unit="req",
+                dynamic_ncols=True,
+                disable=None if self._progress is None else not self._progress,
+            )
+        self._bar.total = sum(t for _, t in self._counts.values())
+        self._bar.n = sum(d for d, _ in self._counts.values())
+        statuses = Counter(self.entry(k)["status"] for k in self._counts)
+        self._bar.set_postfix_str(", ".join(f"{s} {c}" for s, c in sorted(statuses.items())), refresh=False)
+        self._bar.refresh()
+
+    async def wait(self, n: int) -> Any:
+        """Submit batch `n` if it is not yet, then poll it until it ends; the last Batch object."""
+        await self.send(n)
+        entry = self.entry(n)
+        while True:
+            batch = await self.call(self._client.batches.retrieve(entry["batch_id"]))
+            counts = batch.request_counts
+            changed = (batch.status, batch.output_file_id, batch.error_file_id) != (
+                entry["status"],
+                entry["output_file_id"],
+                entry["error_file_id"],
+            )
+            if changed:
+                entry.update(
+                    status=batch.status, output_file_id=batch.output_file_id, error_file_id=batch.error_file_id
+                )
+                self.save()
+            if counts is not None:
+                self.show(n, counts.completed + counts.failed, counts.total or entry["requests"])
+            if batch.status in TERMINAL:
+                return batch
+            await asyncio.sleep(self.poll_interval)
+
+    async def aclose(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self.index is not None:
+            self.index.close()
+            self.index, self._state = None, None
