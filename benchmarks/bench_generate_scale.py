@@ -32,8 +32,10 @@ from pathlib import Path
 
 import psutil
 
+from synthembed.generation import rundir
 from synthembed.generation.backends import make_backend
 from synthembed.generation.batch import OpenAIBatchBackend
+from synthembed.generation.batch_files import BatchLimits
 from synthembed.generation.pipeline import generate
 from synthembed.generation.plan import GenerateConfig
 
@@ -99,7 +101,7 @@ def run_mode(mode: str, config: GenerateConfig, args, scratch: Path) -> dict:
     try:
         if mode == "batch":
             backend = OpenAIBatchBackend(out, base_url=servers[0][1], markers=True, poll_interval=args.poll,
-                                         progress=False)  # fmt: skip
+                                         progress=False, limits=BatchLimits(max_requests=args.file_requests))  # fmt: skip
         else:
             backend = make_backend("openai", base_url=",".join(url for _, url in servers),
                                    concurrency=args.concurrency, timeout=60.0)  # fmt: skip
@@ -107,6 +109,7 @@ def run_mode(mode: str, config: GenerateConfig, args, scratch: Path) -> dict:
         cpu0, wall0 = time.process_time(), time.perf_counter()
         with MemorySampler() as memory:
             stats = generate(out, config, backend=backend, concurrency=capacity, progress=False, stand_in=True)
+            finished = time.time()
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
         children = resource.getrusage(resource.RUSAGE_CHILDREN)  # the judging workers, ended by now (servers live on)
         cpu += (children.ru_utime - children0.ru_utime) + (children.ru_stime - children0.ru_stime)
@@ -116,6 +119,9 @@ def run_mode(mode: str, config: GenerateConfig, args, scratch: Path) -> dict:
             proc.terminate()
             proc.wait()
     requests = stats["requests"]["generate_planned"]
+    # batch mode: how long after the last batch was seen ended the run finished (its import, judging and writing)
+    ended = [e["ended_at"] for e in rundir.read_batches(out)["batches"] if e.get("ended_at")]
+    tail = finished - max(ended) if ended else None
     generate_s = stats["session"]["generate_s"]
     start = wall0 + stats["session"]["brainstorm_s"]
     rss = [memory.at(start + f * generate_s) for f in (0.25, 0.5, 0.75, 1.0)]
@@ -132,6 +138,7 @@ def run_mode(mode: str, config: GenerateConfig, args, scratch: Path) -> dict:
         "server_cpu_ms_per_request": 1000 * server_cpu / max(1, requests),
         "rss_mb": rss,
         "peak_mb": max(s[1] for s in memory.samples) / 2**20,
+        "tail_s": tail,
     }
 
 
@@ -142,6 +149,9 @@ def main() -> None:
     parser.add_argument("--servers", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight per server")
     parser.add_argument("--poll", type=float, default=1.0, help="seconds between batch status polls (batch mode)")
+    parser.add_argument("--file-requests", type=int, default=BatchLimits().max_requests,
+                        help="requests per batch file (batch mode; default the API's 50,000): the last file's import "
+                             "and judging come after every batch has ended, so this sets the run's tail")
     parser.add_argument("--modes", default="servers,batch")
     parser.add_argument("--keep", default=None, help="keep the run directories here")
     args = parser.parse_args()
@@ -172,6 +182,7 @@ def main() -> None:
             f"{r['rate']:.1f} requests/s = {r['ratio']:.2f} of capacity; CPU {r['cpu_ms_per_example']:.2f} ms per "
             f"example (client) and {r['server_cpu_ms_per_request']:.2f} ms per request (stand-ins); RSS "
             f"{'/'.join(f'{mb:.0f}' for mb in r['rss_mb'])} MB at 25/50/75/100% of generation, peak {r['peak_mb']:.0f} MB"
+            + (f"; {r['tail_s']:.1f} s from the last batch's end to the run's" if r["tail_s"] is not None else "")
         )
     print("target: ratio >= 0.9 (the client is never the bottleneck), RSS flat as the run grows")
 

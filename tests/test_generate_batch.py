@@ -372,7 +372,7 @@ def test_prefetch_reads_the_plan_a_file_at_a_time_and_answers_into_the_cache(tmp
         client = LLMClient(backend, cache=ResponseCache(tmp_path / "cache.sqlite"))
 
         async def session():
-            await client.prefetch(_numbered_requests(45, read))
+            await backend.prefetch(client, _numbered_requests(45, read))
             assert read_when_sent == [11, 21, 31, 41, 45]  # file k goes out when request 10k + 1 is read
             assert len(client.cache) == 45 and backend.final == {} and client.usage.requests == 0
             assert [e.get("imported") for e in rundir.read_batches(tmp_path)["batches"]] == [True] * 5

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ from .batch_files import (
 )
 from .batch_jobs import BatchJobs
 from .cost import cost_usd
-from .llm import BudgetSpent, ChatRequest, ChatResponse, LLMError, RetryableError, openai_credentials
+from .llm import ChatRequest, ChatResponse, LLMError, NotSent, RetryableError, openai_credentials
 
 BATCH_PRICE_FACTOR = 0.5  # the Batch API's price: half the list price of the same model
 CACHE_WRITES = 1000  # answers put into the response cache per commit while a batch is imported
@@ -142,7 +143,14 @@ class OpenAIBatchBackend:
         self._writers = 0  # BatchFileWriters made, for their files' temporary names
         # Requests whose newest batch failed them for good this session: `complete` answers them with the error.
         self.final: dict[str, LLMError] = {}
-        self.budget_spent = False  # prefetch stopped sending at the budget: `complete` sends nothing either
+        # Why a prefetch stopped sending ("max_cost"), and `complete` sends nothing either; None while it did not.
+        self.not_sent: str | None = None
+        # While a prefetch runs, `complete` waits for the answers it has not imported yet (`_imports` is notified
+        # after each batch is imported, and when the prefetch ends).
+        self._prefetching = 0
+        self._prefetch_error: BaseException | None = None
+        self._cache: Any = None
+        self._imports = asyncio.Condition()
 
     # --- collecting a batch, and the rounds of batches a set of requests needs --------------------------------------
 
@@ -200,8 +208,10 @@ class OpenAIBatchBackend:
             results.close()
         sink.flush()  # before the batch counts as imported: a kill now leaves every answer in the cache
         if durable:
-            entry["imported"] = True
+            entry.update(imported=True, imported_at=time.time())
             self.jobs.save()
+            async with self._imports:
+                self._imports.notify_all()
         for path in paths:
             path.unlink(missing_ok=True)
 
@@ -283,9 +293,10 @@ class OpenAIBatchBackend:
     # --- the backend's interface ------------------------------------------------------------------------------------
 
     async def prefetch(self, client: Any, requests: Iterable[ChatRequest]) -> None:
-        """Answer `requests` into `client.cache` through batches (those answered there already are left out), so that
-        streaming them afterwards finds every answer there. With a budget (client.max_cost) one batch is out at a time,
-        and none is submitted once the answers so far, at batch prices, reach it."""
+        """Answer `requests` into `client.cache` through batches (those answered there already are left out). While
+        it runs, `complete` waits for an answer not imported yet (LLMClient.prefetching streams the same requests
+        meanwhile). With a budget (client.max_cost) one batch is out at a time, and none is submitted once the
+        answers so far, at batch prices, reach it."""
         sink = _CacheSink(client.cache, client.prices)
         budget = None
         if client.max_cost is not None:
@@ -293,27 +304,63 @@ class OpenAIBatchBackend:
                 return client.spent_before + client.usage.cost_usd + sink.cost >= client.max_cost
 
         slots = asyncio.Semaphore(1 if budget is not None else self.max_in_flight)
+        self._cache, self._prefetch_error = client.cache, None
+        self._prefetching += 1
         try:
             stopped = await self._fetch(requests, sink, slots, True, skip=client.cache.has, over_budget=budget)
+        except BaseException as err:
+            self._prefetch_error = err
+            raise
         finally:
             sink.flush()
-        self.budget_spent = self.budget_spent or stopped
+            self._prefetching -= 1
+            async with self._imports:
+                self._imports.notify_all()
+        if stopped:
+            self.not_sent = "max_cost"
+
+    async def _wait_for_prefetch(self, requests: Sequence[ChatRequest]) -> dict[str, ChatResponse]:
+        """The answers a running prefetch put in the cache, waiting until each request has one, a final error, or the
+        prefetch has ended."""
+        answers: dict[str, ChatResponse] = {}
+        waiting = list(requests)
+        while waiting:
+            still = []
+            for request in waiting:
+                key = request.key()
+                hit = self._cache.get(request) if key not in self.final else None
+                if hit is not None:
+                    answers[key] = hit
+                elif key not in self.final:
+                    still.append(request)
+            waiting = still
+            if not waiting or not self._prefetching:
+                break
+            async with self._imports:
+                await self._imports.wait()
+        if self._prefetch_error is not None:
+            raise self._prefetch_error
+        return answers
 
     async def complete(self, requests: Sequence[ChatRequest]) -> list[ChatResponse | LLMError]:
-        """Every request's answer. One that a prefetch failed for good gets its error; after a prefetch that the budget
-        stopped, nothing is sent (BudgetSpent); others are sent now, in batches, and waited for (one call at a time;
-        their answers are held in memory until asked for: at scale, `prefetch` is the way). A line that fails for good
-        is an LLMError in its place (the LLMClient counts it; the next run tries it again)."""
+        """Every request's answer. While a prefetch runs, from it (waiting for its batch). One that a prefetch failed
+        for good gets its error; after a prefetch that stopped sending (`not_sent`), nothing is sent (NotSent); others
+        are sent now, in batches, and waited for (one call at a time; their answers are held in memory until asked
+        for: at scale, `prefetch` is the way). A line that fails for good is an LLMError in its place (the LLMClient
+        counts it; the next run tries it again)."""
+        prefetched = await self._wait_for_prefetch(requests) if self._cache is not None else {}
         async with self._direct:
             self.jobs.load()
-            todo = [r for r in requests if r.key() not in self.final and r.key() not in self._answered]
-            if todo and self.budget_spent:
-                raise BudgetSpent("the budget was spent before these requests were sent")
+            todo = [r for r in requests if r.key() not in prefetched and r.key() not in self.final
+                    and r.key() not in self._answered]  # fmt: skip
+            if todo and self.not_sent:
+                raise NotSent(self.not_sent)
             if todo:
                 await self._fetch(todo, _MemorySink(self._answered), asyncio.Semaphore(self.max_in_flight), False,
                                   skip=self._answered.__contains__)  # fmt: skip
             missing = LLMError("the batch gave no answer", "no_answer")
-            return [self._answered.pop(k, None) or self.final.get(k) or missing for k in (r.key() for r in requests)]
+            return [prefetched.get(k) or self._answered.pop(k, None) or self.final.get(k) or missing
+                    for k in (r.key() for r in requests)]  # fmt: skip
 
     @property
     def submitted(self) -> int:

@@ -42,6 +42,7 @@ class BatchJobs:
         self._bar = None
         self._counts: dict[int, tuple[int, int]] = {}  # batch file number -> (lines answered, lines)
         self.submitted = 0  # batches this session created (the stand-in's tests count them)
+        self._uploading = asyncio.Lock()  # one upload at a time: memory is one file's, whatever max_in_flight is
 
     # --- state: OUT/batches.json, the batch files and their index -------------------------------------------------
 
@@ -97,7 +98,9 @@ class BatchJobs:
             return
         if entry["input_file_id"] is None:
             path = rundir.batch_input_path(self.state_dir, entry["file"])
-            uploaded = await self.call(self._client.files.create(file=(path.name, path.read_bytes()), purpose="batch"))
+            async with self._uploading:  # the client holds a file whole (and its multipart copy) while it uploads
+                uploaded = await self.call(self._client.files.create(file=(path.name, path.read_bytes()),
+                                                                     purpose="batch"))  # fmt: skip
             entry["input_file_id"] = uploaded.id
             self.save()
         else:  # uploaded by an earlier session: perhaps submitted too, with the reply lost to a kill
@@ -191,6 +194,8 @@ class BatchJobs:
                 entry.update(
                     status=batch.status, output_file_id=batch.output_file_id, error_file_id=batch.error_file_id
                 )
+                if batch.status in TERMINAL:
+                    entry["ended_at"] = time.time()  # seen ended (within a poll interval of its end)
                 self.save()
             if counts is not None:
                 self.show(n, counts.completed + counts.failed, counts.total or entry["requests"])

@@ -15,6 +15,7 @@ every LLMError's message has it (and anything that looks like a key) redacted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -85,9 +86,14 @@ class RetryableError(LLMError):
         self.retry_after = retry_after
 
 
-class BudgetSpent(Exception):
-    """A backend's word that it sends nothing more because the budget is spent (the batch backend, whose prefetch
-    stopped there): the LLMClient stops as it does at its own budget check. Not an LLMError: nothing failed."""
+class NotSent(Exception):
+    """A backend's word that it sends nothing more in this session, and why: `reason` is what LLMClient.stopped then
+    says ("max_cost": the batch backend's prefetch stopped at the budget; "batch_files": its files wait for
+    `vllm run-batch`). The LLMClient stops as it does at its own budget check. Not an LLMError: nothing failed."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 class CacheMiss(LLMError):
@@ -207,12 +213,28 @@ class LLMClient:
     def over_budget(self) -> bool:
         return self.max_cost is not None and self.usage.cost_usd + self.spent_before >= self.max_cost
 
-    async def prefetch(self, requests: Iterable[ChatRequest]) -> None:
-        """Let a backend that answers in bulk (one with `prefetch(client, requests)`: the Batch API) put the answers to
-        `requests` into the cache before they are streamed; for any other backend, or without a cache, nothing."""
+    @contextlib.asynccontextmanager
+    async def prefetching(self, requests: Iterable[ChatRequest]) -> AsyncIterator[None]:
+        """Around streaming `requests`: a backend that answers in bulk (one with `prefetch(client, requests)`: the
+        Batch API) puts their answers into the cache meanwhile, and its `complete` waits for the ones not there yet.
+        With a budget the prefetch comes first, whole: its spending is counted before anything is read back. For any
+        other backend, or without a cache, nothing happens."""
         fetch = getattr(self.backend, "prefetch", None)
-        if fetch is not None and self.cache is not None and not self.stopped:
+        if fetch is None or self.cache is None or self.stopped:
+            yield
+            return
+        if self.max_cost is not None:
             await fetch(self, requests)
+            yield
+            return
+        task = asyncio.create_task(fetch(self, requests))
+        try:
+            yield
+        except BaseException:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise
+        await task
 
     async def _with_retries(self, batch: list[ChatRequest]) -> list[ChatResponse]:
         retries: Counter = Counter()
@@ -294,8 +316,8 @@ class LLMClient:
                     answers: list[ChatResponse | LLMError] = list(await self._with_retries([r for _, r in batch]))
                 except LLMError as err:
                     answers = [err] * len(batch)
-                except BudgetSpent:
-                    self.stopped = "max_cost"
+                except NotSent as stop:
+                    self.stopped = stop.reason
                     return
                 for (i, request), answer in zip(batch, answers, strict=True):
                     if isinstance(answer, ChatResponse):

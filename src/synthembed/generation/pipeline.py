@@ -191,10 +191,11 @@ class _Run:
             if not wave:
                 break
             answered = set()
-            await self.client.prefetch(p.request for p in wave)  # the Batch API: the wave in batches, into the cache
             progress = _progress_bar(self.progress, len(wave), f"brainstorm {wave_index + 1}")
             try:
-                async with contextlib.aclosing(in_plan_order(self.client, wave, progress=progress)) as answers:
+                # the Batch API: the wave goes out in batches, its answers into the cache, read back below as they come
+                async with (self.client.prefetching(p.request for p in wave),
+                            contextlib.aclosing(in_plan_order(self.client, wave, progress=progress)) as answers):  # fmt: skip
                     async for planned, answer, _ in answers:
                         group = planned.task_type
                         if not isinstance(answer, LLMError):
@@ -250,16 +251,15 @@ class _Run:
         self._count_earlier_spending(tasks)
         if self.client.stopped:
             return
-        # The Batch API: every pending request in batches, answered into the cache (one pass over the plan), before
-        # the pass below reads them back in plan order; other backends answer as they are streamed.
-        await self.client.prefetch(p.request for p in iter_generation_plan(self.config, tasks)
-                                   if p.request_id not in self.done)  # fmt: skip
         pending = (p for p in iter_generation_plan(self.config, tasks) if p.request_id not in self.done)
+        # The Batch API: every pending request goes out in batches (a second pass over the plan), the answers into the
+        # cache, read back below in plan order as their batches are imported; other backends answer as they are asked.
+        sent = (p.request for p in iter_generation_plan(self.config, tasks) if p.request_id not in self.done)
         progress = _progress_bar(self.progress, max(0, plan_size(self.config, tasks) - self.generated_done), "generate")
         answers = in_plan_order(self.client, pending, progress=progress, judging=self._judging,
                                 window=plan_window(self.client.backend))
         try:
-            async with contextlib.aclosing(answers):
+            async with self.client.prefetching(sent), contextlib.aclosing(answers):
                 async for planned, answer, verdict in answers:
                     if verdict is not None:
                         self.process(planned, answer, verdict)
