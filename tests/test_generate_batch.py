@@ -28,6 +28,7 @@ from synthembed.generation.plan import GenerateConfig
 from synthembed.reference import PAPER_EXAMPLES_BY_GROUP
 from synthembed.testing.batch_api import BatchFaults
 from synthembed.testing.loopback import Faults, LoopbackServer
+from synthembed.testing.run_batch import run_batch_file
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = dict(model="loopback", tasks_per_type=2, examples_per_task=3, languages="English,German,French", seed=0)
@@ -435,3 +436,38 @@ def test_max_batches_is_checked_before_anything_is_written(tmp_path, capsys):
     code = main(["generate", "--out", str(out), "--backend", "openai-batch", "--base-url", "http://127.0.0.1:9/v1",
                  "--model", "loopback", "--max-batches", "0"])  # fmt: skip
     assert code == 2 and "--max-batches" in capsys.readouterr().err and not out.exists()
+
+
+# --- the same files through vLLM's offline runner (`vllm run-batch`), imported back -----------------------------------
+
+
+def test_batch_files_run_through_vllm_run_batch_and_come_back(tmp_path, capsys):
+    """--backend batch-files: each stage's requests are written as batch files and the run stops, printing the
+    `vllm run-batch` command for each; with their output files in place, the same command imports them and goes on.
+    Two rounds (brainstorm, then generation) end with the data of a run through the API."""
+    out = tmp_path / "run"
+    args = ["generate", "--out", str(out), "--backend", "batch-files", "--model", "loopback", "--tasks-per-type", "2",
+            "--examples-per-task", "3", "--languages", "English,German,French", "--quiet"]  # fmt: skip
+    with LoopbackServer() as server:
+        plain = _generate(tmp_path / "plain", server)
+        commands = []
+        for _ in range(4):
+            code = main(args)
+            if code == 0:
+                break
+            assert code == 3
+            printed = capsys.readouterr().err
+            todo = [line.strip() for line in printed.splitlines() if line.strip().startswith("vllm run-batch")]
+            assert todo, printed
+            for command in todo:
+                words = command.split()
+                assert words[words.index("--model") + 1] == "loopback"
+                # what `vllm run-batch` does, with the stand-in as the model (testing/run_batch.py)
+                run_batch_file(words[words.index("-i") + 1], words[words.index("-o") + 1], server.base_url)
+            commands += todo
+    assert code == 0 and len(commands) == 2  # the brainstorm file, then the generation file
+    for name in ("examples.jsonl", "rejects.jsonl", "tasks.jsonl"):
+        assert (out / name).read_text() == (tmp_path / "plain" / name).read_text(), name
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["complete"] and stats["cost_usd"] == 0 and stats["tokens"] == plain["tokens"]
+    assert all(e["imported"] and e["batch_id"] is None for e in _entries(out))  # nothing went to an API

@@ -26,7 +26,7 @@ from ..errors import SynthembedError
 from ..taskgroups import MARKER_HEADER
 from .llm import CacheMiss, ChatRequest, ChatResponse, LLMError, RetryableError, openai_credentials, redact
 
-BACKENDS = ("openai", "transformers", "replay", "openai-batch")
+BACKENDS = ("openai", "transformers", "replay", "openai-batch", "batch-files")
 
 
 def _retry_after_seconds(headers: Any) -> float | None:
@@ -290,14 +290,15 @@ def make_backend(name: str, model: str | None = None, base_url: str | None = Non
     """A backend by name: "openai", "transformers" (`model` is a local path or hub id), "replay", or "openai-batch"
     (batch.py; `state_dir` is the run directory that records its batches, `stand_in` the loopback stand-in,
     `max_batches` the batches in flight at once)."""
-    if name == "openai-batch":
+    if name in ("openai-batch", "batch-files"):
         from .batch import OpenAIBatchBackend
 
         if state_dir is None:
             raise SynthembedError("the openai-batch backend needs the run directory (state_dir) to record its batches")
         # The stand-in answers a batch in seconds; OpenAI's take minutes to hours.
         return OpenAIBatchBackend(state_dir, base_url=base_url, markers=stand_in, timeout=timeout,
-                                  poll_interval=0.2 if stand_in else 30.0, max_in_flight=max_batches)
+                                  poll_interval=0.2 if stand_in else 30.0, max_in_flight=max_batches,
+                                  local=name == "batch-files")
     if name == "openai":
         urls = [url.strip() for url in (base_url or os.environ.get("OPENAI_BASE_URL") or "").split(",") if url.strip()]
         if len(urls) > 1:  # several servers: `concurrency` requests in flight on each (endpoints.py)

@@ -26,7 +26,9 @@ batches go out one at a time, each only while the answers of those before it lea
 paid whole. Progress: a "batches" bar of lines answered over lines submitted, with how many batches are in each status
 (where stderr is a terminal).
 
-The same files run on your own GPUs through vLLM's offline batch runner (batch_files.py says how).
+The same files run on your own GPUs through vLLM's offline batch runner: `--backend batch-files` (local=True) writes
+them and stops, printing a `vllm run-batch` command per file; a rerun imports each results file the same way
+(batch_jobs.LocalBatchJobs) and goes on to the next stage.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from .batch_files import (
     read_result_line,
     request_of_line,
 )
-from .batch_jobs import BatchJobs
+from .batch_jobs import BatchJobs, BatchNotRun, LocalBatchJobs
 from .cost import cost_usd
 from .llm import ChatRequest, ChatResponse, LLMError, NotSent, RetryableError, openai_credentials
 
@@ -115,6 +117,7 @@ class OpenAIBatchBackend:
         max_in_flight: int = 64,
         timeout: float = 120.0,
         progress: bool | None = None,
+        local: bool = False,
     ):
         import openai
 
@@ -131,13 +134,17 @@ class OpenAIBatchBackend:
         self.api_backoff = 1.0  # seconds before the first retry of a failing batch API call, doubled each time
         self.resubmits = max(0, int(resubmits))
         self.markers = markers
-        base_url, api_key = openai_credentials(
-            base_url, "openai-batch", "a server with the files and batches endpoints"
-        )
-        self.base_url = base_url
-        # Reads may be retried by the client; batches.create never is (a lost reply would mean a second batch).
-        self._client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=3, timeout=timeout)
-        self.jobs = BatchJobs(self.state_dir, self._client, api_key, poll_interval, progress)
+        if local:  # batch-files: the files run through `vllm run-batch` on the user's GPUs, at no price per token
+            self.name, self.price_factor, self.base_url, self._client = "batch-files", 0.0, None, None
+            self.jobs = LocalBatchJobs(self.state_dir, progress)
+        else:
+            base_url, api_key = openai_credentials(
+                base_url, "openai-batch", "a server with the files and batches endpoints"
+            )
+            self.base_url = base_url
+            # Reads may be retried by the client; batches.create never is (a lost reply would mean a second batch).
+            self._client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=3, timeout=timeout)
+            self.jobs = BatchJobs(self.state_dir, self._client, api_key, poll_interval, progress)
         self._direct = asyncio.Lock()  # `complete` calls, one at a time
         self._answered: dict[str, ChatResponse] = {}  # what direct calls collected and were not yet asked for
         self._writers = 0  # BatchFileWriters made, for their files' temporary names
@@ -160,6 +167,9 @@ class OpenAIBatchBackend:
         for attempt in range(API_RETRIES + 1):
             try:
                 return await self._collect(n, *args)
+            except BatchNotRun:
+                self.not_sent = self.not_sent or "batch_files"  # its requests wait for `vllm run-batch` and a rerun
+                return None
             except RetryableError as err:
                 if attempt == API_RETRIES:
                     entry = self.jobs.entry(n)
@@ -369,7 +379,8 @@ class OpenAIBatchBackend:
 
     async def aclose(self) -> None:
         await self.jobs.aclose()
-        await self._client.close()
+        if self._client is not None:
+            await self._client.close()
 
 
 def batch_prices(

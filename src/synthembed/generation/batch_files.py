@@ -8,8 +8,9 @@ batch file holds which request.
     OUT/batches/00001.output.jsonl    a batch's downloaded results, while they are put in the cache (then deleted)
 
 The same input files run on your own GPUs through vLLM's offline batch runner, which reads this format and writes the
-result format that `read_result_line` parses ({"id", "custom_id", "response": {"status_code", "body"}, "error"}):
-    vllm run-batch -i OUT/batches/00001.jsonl -o results.jsonl --model mistralai/Mistral-7B-Instruct-v0.2
+result format that `read_result_line` parses ({"id", "custom_id", "response": {"status_code", "body"}, "error"});
+`--backend batch-files` reads its results from beside the input file:
+    vllm run-batch -i OUT/batches/00001.jsonl -o OUT/batches/00001.results.jsonl --model mistralai/Mistral-7B-Instruct-v0.2
 """
 
 from __future__ import annotations

@@ -9,18 +9,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from ..errors import SynthembedError
 from . import rundir
-from .batch_files import BATCH_ENDPOINT, BatchIndex, drop_unfinished
+from .batch_files import BATCH_ENDPOINT, BatchIndex, drop_unfinished, iter_input_lines
 from .llm import RetryableError, redact
 
 COMPLETION_WINDOW = "24h"
 TERMINAL = ("completed", "failed", "expired", "cancelled")
+RESULTS_SUFFIX = ".results.jsonl"  # beside a batch input file: what `vllm run-batch -o` wrote for it (batch-files)
+
+
+class BatchNotRun(Exception):
+    """A batch file whose results file is not there yet (the batch-files backend): its requests wait for a rerun."""
 
 
 class BatchJobs:
@@ -210,3 +217,53 @@ class BatchJobs:
         if self.index is not None:
             self.index.close()
             self.index, self._state = None, None
+
+
+# --- batch files run on your own GPUs: `--backend batch-files` ---------------------------------------------------------
+
+
+def results_path(out: str | Path, entry: dict[str, Any]) -> Path:
+    """Where `vllm run-batch` is to write the results of batch file `entry`: OUT/batches/NNNNN.results.jsonl."""
+    return rundir.batch_input_path(out, entry["file"]).with_suffix(RESULTS_SUFFIX)
+
+
+class LocalBatchJobs(BatchJobs):
+    """The batches of a run whose files are run by the user with vLLM's offline runner, not sent to an API: a file is
+    "sent" by being written, has "ended" once its results file (results_path) is there, and is imported from it. The
+    results file is the user's: it is copied, never moved or deleted."""
+
+    def __init__(self, state_dir: Path, progress: bool | None):
+        super().__init__(state_dir, client=None, api_key="", poll_interval=0.0, progress=progress)
+
+    async def send(self, n: int) -> None:
+        return None
+
+    async def wait(self, n: int) -> Any:
+        entry = self.entry(n)
+        path = results_path(self.state_dir, entry)
+        if not path.is_file():
+            raise BatchNotRun(n)
+        if entry["status"] != "completed":
+            entry.update(status="completed", ended_at=time.time())
+            self.save()
+        return SimpleNamespace(id=f"local-{n:05d}", status="completed", output_file_id=str(path), error_file_id=None,
+                               errors=None)  # fmt: skip
+
+    async def download(self, file_id: str | None, path: Path) -> Path:
+        path.unlink(missing_ok=True)
+        if file_id:
+            shutil.copyfile(file_id, path)
+        return path
+
+
+def pending_commands(out: str | Path) -> list[str]:
+    """The `vllm run-batch` command of each batch file of the run in `out` whose results are neither imported nor
+    written yet (the batch-files backend), with the model its requests name."""
+    commands = []
+    for entry in rundir.read_batches(out)["batches"]:
+        if entry.get("imported") or results_path(out, entry).is_file():
+            continue
+        path = rundir.batch_input_path(out, entry["file"])
+        model = next((line["body"]["model"] for line in iter_input_lines(path)), "MODEL") if path.is_file() else "MODEL"
+        commands.append(f"vllm run-batch -i {path} -o {results_path(out, entry)} --model {model}")
+    return commands

@@ -29,6 +29,7 @@ from ..errors import SynthembedError
 from ..taskgroups import TASK_TYPES
 from . import rundir
 from .backends import BACKENDS
+from .batch_jobs import pending_commands
 from .cache import ResponseCache
 from .feed import AUTO_WORKERS_CONCURRENCY
 from .pipeline import generate
@@ -47,7 +48,9 @@ def configure_generate_parser(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Brainstorm tasks and generate synthetic examples with an LLM (E5-mistral section 3.1). "
                           "Running it again on the same --out resumes; the API key is read from OPENAI_API_KEY only.")
     parser.add_argument("--out", required=True, help="run directory (examples.jsonl, tasks.jsonl, rejects.jsonl, stats.json, ...)")
-    parser.add_argument("--backend", choices=BACKENDS, default=None, help="openai (default), transformers, replay, or openai-batch (OpenAI's Batch API at half price; batch.py)")
+    parser.add_argument("--backend", choices=BACKENDS, default=None, help="openai (default), transformers, replay, openai-batch (OpenAI's Batch API at half price; batch.py), or "
+                        "batch-files (the same files, run by you with `vllm run-batch`: the run stops with the commands "
+                        "to run, and imports their results when run again)")
     parser.add_argument("--model", default=None, help="model name (openai), local path or hub id (transformers); default gpt-4o-mini")
     parser.add_argument("--task-types", default=None, help=f"comma list of groups (default all: {','.join(TASK_TYPES)})")
     parser.add_argument("--tasks-per-type", type=int, default=None, help="brainstormed tasks per asymmetric group, and "
@@ -125,7 +128,11 @@ def run_generate_command(args: argparse.Namespace) -> int:
     if stats.get("complete"):
         return 0
     # An incomplete run exits non-zero, so a script never goes on to train on part of the data unawares.
-    if stats.get("stopped") == "max_cost":
+    if stats.get("stopped") == "batch_files":
+        commands = pending_commands(args.out)
+        print(f"[generate] {len(commands)} batch file(s) wait for vLLM's offline runner; run, then run this command "
+              "again to import their results and go on:\n" + "\n".join(f"  {c}" for c in commands), file=sys.stderr)
+    elif stats.get("stopped") == "max_cost":
         print(f"[generate] stopped at --max-cost ${args.max_cost}; run again with a higher --max-cost to continue",
               file=sys.stderr)
     else:
