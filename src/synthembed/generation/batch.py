@@ -197,7 +197,10 @@ class OpenAIBatchBackend:
         )
         results = ResultLines(paths)
         try:
-            for obj in iter_input_lines(rundir.batch_input_path(self.state_dir, entry["file"])):
+            for line_number, obj in enumerate(iter_input_lines(rundir.batch_input_path(self.state_dir, entry["file"]))):
+                if line_number and line_number % CACHE_WRITES == 0:  # let the stage read back what is imported so far
+                    sink.flush()
+                    await self._imported()
                 key = obj.get("custom_id")
                 request = request_of_line(obj)
                 found = results.get(key)
@@ -220,10 +223,15 @@ class OpenAIBatchBackend:
         if durable:
             entry.update(imported=True, imported_at=time.time())
             self.jobs.save()
-            async with self._imports:
-                self._imports.notify_all()
+        await self._imported()
         for path in paths:
             path.unlink(missing_ok=True)
+
+    async def _imported(self) -> None:
+        """Wake the `complete` calls waiting for answers, and give them their turn on the event loop."""
+        async with self._imports:
+            self._imports.notify_all()
+        await asyncio.sleep(0)
 
     def _too_large(self) -> LLMError:
         return LLMError(f"request exceeds the batch file limit of {self.limits.max_bytes} bytes", "too_large")
@@ -324,8 +332,7 @@ class OpenAIBatchBackend:
         finally:
             sink.flush()
             self._prefetching -= 1
-            async with self._imports:
-                self._imports.notify_all()
+            await self._imported()
         if stopped:
             self.not_sent = "max_cost"
 

@@ -94,9 +94,15 @@ async def in_plan_order(
 # --- judging in worker processes ---------------------------------------------------------------------------------------
 
 
-def auto_workers(concurrency: int) -> int:
-    """Judging processes when none are asked for: one for high-concurrency runs on a machine with a core to spare."""
-    return 1 if concurrency >= AUTO_WORKERS_CONCURRENCY and (os.cpu_count() or 1) >= 2 else 0
+def auto_workers(concurrency: int, bulk: bool = False) -> int:
+    """Judging processes when none are asked for: one for high-concurrency runs on a machine with a core to spare; one
+    per core for a backend whose answers arrive a batch at a time (`bulk`: the Batch API), where judging a batch of
+    50,000 is the run's remaining work and the event loop mostly waits (measured: one worker judged a 50k batch in 81 s
+    after it ended, at about 1.5 ms an answer, nearly all of it language detection)."""
+    cores = os.cpu_count() or 1
+    if bulk:
+        return cores
+    return 1 if concurrency >= AUTO_WORKERS_CONCURRENCY and cores >= 2 else 0
 
 
 def judging_pool(workers: int):

@@ -343,7 +343,6 @@ def generate(
     `max_batches` is how many batches the openai-batch backend has in flight at once (one while `max_cost` is set).
     """
     config = config or GenerateConfig()
-    workers = auto_workers(concurrency) if workers is None else workers
     out = Path(out)
     with folder_lock(out, "synthembed generate"):  # two processes on one run would both append
         resumed = rundir.check_out_dir(out, config.as_dict())
@@ -358,6 +357,8 @@ def generate(
         price_table = load_prices(prices if isinstance(prices, (str, Path)) else None,
                                   prices if isinstance(prices, dict) else None)
         backend_name = backend if isinstance(backend, str) else getattr(backend, "name", type(backend).__name__)
+        if workers is None:
+            workers = auto_workers(concurrency, bulk=backend_name in ("openai-batch", "batch-files"))
         check_budget(max_cost, [config.model, *(config.model_shares or {})], price_table,
                      paid=backend_name in ("openai", "openai-batch") and not stand_in)
         if not timeout > 0:  # also NaN
