@@ -378,3 +378,32 @@ def test_the_real_server_answers_two_requests_at_once_both_whole():
         assert reply.finish_reason == "stop" and reply.text.strip() and reply.completion_tokens > 0, reply
         assert reply.model == QWEN
     assert "red" in replies[0].text.lower() and "mercury" in replies[1].text.lower()
+
+
+@pytest.mark.slow
+def test_batch_files_answered_by_the_real_model_come_back_into_the_run(tmp_path):
+    """--backend batch-files on a real model: Qwen2.5-Coder-0.5B behind llama.cpp answers each batch file (through
+    testing/run_batch, in vllm run-batch's place), and the reruns import them: brainstorm, then generation, then a
+    complete run whose every example came from the model, at no cost. By hand at --tasks-per-type 2: 16 requests, 11
+    accepted, 42 s."""
+    from synthembed.generation.batch_jobs import pending_commands
+    from synthembed.testing.run_batch import run_batch_file
+
+    _real_gguf()
+    out = tmp_path / "run"
+    args = ["generate", "--out", str(out), "--backend", "batch-files", "--model", QWEN, "--tasks-per-type", "1",
+            "--examples-per-task", "1", "--languages", "English,German", "--length-tolerance", "0", "--quiet"]  # fmt: skip
+    answered = 0
+    with LlamaServer(QWEN, n_ctx=4096, startup_timeout=60) as server:
+        for _ in range(4):
+            code = cli.main(args)
+            if code != 3:
+                break
+            for command in pending_commands(out):
+                words = command.split()
+                answered += run_batch_file(words[words.index("-i") + 1], words[words.index("-o") + 1], server.base_url)
+    stats = json.loads((out / "stats.json").read_text())
+    assert code == 0 and stats["complete"] and stats["cost_usd"] == 0
+    assert answered == stats["requests"]["brainstorm"] + stats["requests"]["generate_planned"]
+    examples = [json.loads(line) for line in (out / "examples.jsonl").read_text().splitlines()]
+    assert examples and all(e["meta"]["model"] == QWEN for e in examples)

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-MERGE_AT = 65_536
+MERGE_AT = 16_384
 
 
 def digest64(key: str | bytes) -> int:
