@@ -150,8 +150,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight per server")
     parser.add_argument("--poll", type=float, default=1.0, help="seconds between batch status polls (batch mode)")
     parser.add_argument("--file-requests", type=int, default=BatchLimits().max_requests,
-                        help="requests per batch file (batch mode; default the API's 50,000): the last file's import "
-                             "and judging come after every batch has ended, so this sets the run's tail")
+                        help="requests per batch file (batch mode; default synthembed's 10,000, at most the API's "
+                             "50,000): the last file is judged after every batch has ended, so this sets the run's tail")
     parser.add_argument("--modes", default="servers,batch")
     parser.add_argument("--keep", default=None, help="keep the run directories here")
     args = parser.parse_args()

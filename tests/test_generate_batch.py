@@ -431,11 +431,12 @@ def _cost_at(stats: dict, prices: dict) -> float:
     return 0.5 * (stats["tokens"]["prompt"] * inp + stats["tokens"]["completion"] * outp) / 1e6
 
 
-def test_max_batches_is_checked_before_anything_is_written(tmp_path, capsys):
+@pytest.mark.parametrize("option", [("--max-batches", "0"), ("--batch-file-requests", "50001")])
+def test_batch_settings_are_checked_before_anything_is_written(tmp_path, capsys, option):
     out = tmp_path / "run"
     code = main(["generate", "--out", str(out), "--backend", "openai-batch", "--base-url", "http://127.0.0.1:9/v1",
-                 "--model", "loopback", "--max-batches", "0"])  # fmt: skip
-    assert code == 2 and "--max-batches" in capsys.readouterr().err and not out.exists()
+                 "--model", "loopback", *option])  # fmt: skip
+    assert code == 2 and option[0] in capsys.readouterr().err and not out.exists()
 
 
 # --- the same files through vLLM's offline runner (`vllm run-batch`), imported back -----------------------------------

@@ -4,15 +4,16 @@
     synthembed generate --out runs/gen --backend openai-batch --model gpt-4o-mini --tasks-per-type 4
     synthembed generate --out runs/gen                     # after a kill: polls the same batches, sends nothing twice
 
-How a run uses it (LLMClient.prefetch, before each stage's requests are streamed): the stage's requests are read a line
-at a time and written to batch files (batch_files.py: OUT/batches/NNNNN.jsonl within BatchLimits, requests and bytes per
-file), each uploaded (files.create, purpose "batch"), submitted (batches.create, endpoint /v1/chat/completions,
-completion window 24h) and polled (batches.retrieve) until it ends, at most `max_in_flight` batches at once. An ended
-batch's output and error files are downloaded to disk (files.content, streamed) and joined with its input file line by
-line: answers go into the response cache, lines that failed for a passing reason (429, 5xx, an expired or cancelled
-batch, a line with no answer) go into a follow-up batch, `resubmits` times, and a 4xx rejection is final. The stage then
-streams its requests as usual and finds every answer in the cache. Nothing here holds more than one batch file's keys
-and offsets, so memory stays flat whatever the run's size; the same answers counted as fresh ones (LLMClient).
+How a run uses it (LLMClient.prefetching, around each stage's stream of requests): the stage's requests are read a
+line at a time and written to batch files (batch_files.py: OUT/batches/NNNNN.jsonl within BatchLimits, 10,000 requests
+and 200 MB per file by default), each uploaded (files.create, purpose "batch"), submitted (batches.create, endpoint
+/v1/chat/completions, completion window 24h) and polled (batches.retrieve) until it ends, at most `max_in_flight`
+batches at once. An ended batch's output and error files are downloaded to disk (files.content, streamed) and joined
+with its input file line by line: answers go into the response cache, lines that failed for a passing reason (429,
+5xx, an expired or cancelled batch, a line with no answer) go into a follow-up batch, `resubmits` times, and a 4xx
+rejection is final. Meanwhile the stage streams its requests as usual: `complete` waits for each answer to be
+imported and reads it from the cache. Nothing here holds more than one batch file's keys and offsets, so memory stays
+flat whatever the run's size; the answers count as fresh ones (LLMClient).
 
 Resuming: OUT/batches.json (rundir) records every batch file with its upload, its batch id, its status and whether its
 results were imported, written atomically before and after each step; OUT/batches/index.sqlite maps each request to the
@@ -325,7 +326,8 @@ class OpenAIBatchBackend:
         self._cache, self._prefetch_error = client.cache, None
         self._prefetching += 1
         try:
-            stopped = await self._fetch(requests, sink, slots, True, skip=client.cache.has, over_budget=budget)
+            if await self._fetch(requests, sink, slots, True, skip=client.cache.has, over_budget=budget):
+                self.not_sent = "max_cost"  # before the waiters below wake: they must not send what it held back
         except BaseException as err:
             self._prefetch_error = err
             raise
@@ -333,8 +335,6 @@ class OpenAIBatchBackend:
             sink.flush()
             self._prefetching -= 1
             await self._imported()
-        if stopped:
-            self.not_sent = "max_cost"
 
     async def _wait_for_prefetch(self, requests: Sequence[ChatRequest]) -> dict[str, ChatResponse]:
         """The answers a running prefetch put in the cache, waiting until each request has one, a final error, or the

@@ -36,12 +36,27 @@ INDEX_FILE = "index.sqlite"
 PASSING_CODES = ("batch_expired", "batch_cancelled", "batch_failed", "no_answer", "bad_response", "rate_limit_exceeded")
 
 
+API_MAX_REQUESTS, API_MAX_BYTES = 50_000, 200_000_000  # what OpenAI takes in one batch input file
+# Requests per file by default: a fifth of what the API takes, because a batch's answers come all at once when it ends
+# and the run judges them then: at 10,000 the last one is judged 15 s after it ends, at 50,000 in 66 s
+# (docs/benchmarks.md, 100k requests); smaller files also bring answers in sooner and resubmit less per failure.
+FILE_REQUESTS = 10_000
+
+
 @dataclass(frozen=True)
 class BatchLimits:
-    """What one batch file may hold: OpenAI's limits (50,000 requests, 200 MB) unless told otherwise."""
+    """What one batch file may hold: FILE_REQUESTS requests and 200 MB unless told otherwise, within OpenAI's limits
+    (50,000 requests, 200 MB)."""
 
-    max_requests: int = 50_000
-    max_bytes: int = 200_000_000
+    max_requests: int = FILE_REQUESTS
+    max_bytes: int = API_MAX_BYTES
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_requests <= API_MAX_REQUESTS:
+            raise SynthembedError(f"a batch file holds 1 to {API_MAX_REQUESTS:,} requests, not {self.max_requests!r} "
+                                  "(--batch-file-requests)")  # fmt: skip
+        if not 1 <= self.max_bytes <= API_MAX_BYTES:
+            raise SynthembedError(f"a batch file holds 1 to {API_MAX_BYTES:,} bytes, not {self.max_bytes!r}")
 
 
 def batch_line(request: ChatRequest, marker: bool = False) -> dict[str, Any]:

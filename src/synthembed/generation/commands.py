@@ -75,6 +75,9 @@ def configure_generate_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per generate() call (transformers backend)")
     parser.add_argument("--max-batches", type=int, default=64, help="batches in flight at once (openai-batch; one "
                         "while --max-cost is set); lower it to stay under the provider's enqueued-token limit")
+    parser.add_argument("--batch-file-requests", type=int, default=None, help="requests per batch file (openai-batch, "
+                        "batch-files; default 10,000, at most the API's 50,000): a batch is judged when it ends, so "
+                        "smaller files end a run sooner after its last batch")
     parser.add_argument("--max-cost", type=float, default=None, help="stop sending requests once this many USD are spent")
     parser.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (default OPENAI_BASE_URL, else OpenAI); "
                         "a comma list spreads requests over several servers, --concurrency on each (endpoints.py)")
@@ -124,6 +127,7 @@ def run_generate_command(args: argparse.Namespace) -> int:
         args.out, config, backend=args.backend, base_url=args.base_url, concurrency=args.concurrency,
         max_cost=args.max_cost, cache=args.cache, prices=args.prices, timeout=args.timeout,
         batch_size=args.batch_size, workers=args.workers, progress=not args.quiet, max_batches=args.max_batches,
+        batch_file_requests=args.batch_file_requests,
     )
     if stats.get("complete"):
         return 0
