@@ -431,7 +431,9 @@ def _cost_at(stats: dict, prices: dict) -> float:
     return 0.5 * (stats["tokens"]["prompt"] * inp + stats["tokens"]["completion"] * outp) / 1e6
 
 
-@pytest.mark.parametrize("option", [("--max-batches", "0"), ("--batch-file-requests", "50001")])
+@pytest.mark.parametrize(
+    "option", [("--max-batches", "0"), ("--batch-file-requests", "50001"), ("--enqueued-token-limit", "0")]
+)
 def test_batch_settings_are_checked_before_anything_is_written(tmp_path, capsys, option):
     out = tmp_path / "run"
     code = main(["generate", "--out", str(out), "--backend", "openai-batch", "--base-url", "http://127.0.0.1:9/v1",

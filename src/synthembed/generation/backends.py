@@ -287,10 +287,11 @@ class ReplayBackend:
 def make_backend(name: str, model: str | None = None, base_url: str | None = None, concurrency: int = 8,
                  timeout: float = 120.0, batch_size: int = 8, max_new_tokens: int = 1024,
                  state_dir: str | os.PathLike | None = None, stand_in: bool = False, max_batches: int = 64,
-                 batch_file_requests: int | None = None) -> Any:
+                 batch_file_requests: int | None = None, enqueued_token_limit: int | None = None) -> Any:
     """A backend by name: "openai", "transformers" (`model` is a local path or hub id), "replay", or "openai-batch"
     (batch.py; `state_dir` is the run directory that records its batches, `stand_in` the loopback stand-in,
-    `max_batches` the batches in flight at once, `batch_file_requests` the requests per batch file)."""
+    `max_batches` the batches in flight at once, `batch_file_requests` the requests per batch file,
+    `enqueued_token_limit` the provider's limit on the input tokens of batches in its queue, where known)."""
     if name in ("openai-batch", "batch-files"):
         from .batch import OpenAIBatchBackend
         from .batch_files import FILE_REQUESTS, BatchLimits
@@ -300,7 +301,7 @@ def make_backend(name: str, model: str | None = None, base_url: str | None = Non
         # The stand-in answers a batch in seconds; OpenAI's take minutes to hours.
         return OpenAIBatchBackend(state_dir, base_url=base_url, markers=stand_in, timeout=timeout,
                                   poll_interval=0.2 if stand_in else 30.0, max_in_flight=max_batches,
-                                  local=name == "batch-files",
+                                  local=name == "batch-files", token_limit=enqueued_token_limit,
                                   limits=BatchLimits(max_requests=batch_file_requests or FILE_REQUESTS))
     if name == "openai":
         urls = [url.strip() for url in (base_url or os.environ.get("OPENAI_BASE_URL") or "").split(",") if url.strip()]

@@ -27,6 +27,11 @@ batches go out one at a time, each only while the answers of those before it lea
 paid whole. Progress: a "batches" bar of lines answered over lines submitted, with how many batches are in each status
 (where stderr is a terminal).
 
+The provider's enqueued-token limit (batch_queue.py): a batch refused for it ("failed", token_limit_exceeded: nothing
+run, nothing billed) is submitted again from the same file once the run's batches in flight leave room, not resent line
+by line; its lines never count as failures. With the limit given (`token_limit`, --enqueued-token-limit) files are
+written under a quarter of it and batches go out only while it leaves room, so none is refused by this run alone.
+
 The same files run on your own GPUs through vLLM's offline batch runner: `--backend batch-files` (local=True) writes
 them and stops, printing a `vllm run-batch` command per file; a rerun imports each results file the same way
 (batch_jobs.LocalBatchJobs) and goes on to the next stage.
@@ -101,7 +106,9 @@ class OpenAIBatchBackend:
 
     `state_dir` is the run directory (batches.json and the batch files go there); `poll_interval` seconds between
     batches.retrieve calls; `resubmits` follow-up batches for lines that failed for a passing reason; `markers` sends each
-    request's marker along (the loopback stand-in only); `max_in_flight` batches waited for at once.
+    request's marker along (the loopback stand-in only); `max_in_flight` batches waited for at once; `token_limit` the
+    provider's enqueued-token limit, where known (batch_queue.py: files are written under a share of it, and batches
+    go out while it leaves room; without it, the limit a refusal names is learned and kept).
     """
 
     name = "openai-batch"
@@ -119,6 +126,7 @@ class OpenAIBatchBackend:
         timeout: float = 120.0,
         progress: bool | None = None,
         local: bool = False,
+        token_limit: int | None = None,
     ):
         import openai
 
@@ -145,7 +153,7 @@ class OpenAIBatchBackend:
             self.base_url = base_url
             # Reads may be retried by the client; batches.create never is (a lost reply would mean a second batch).
             self._client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=3, timeout=timeout)
-            self.jobs = BatchJobs(self.state_dir, self._client, api_key, poll_interval, progress)
+            self.jobs = BatchJobs(self.state_dir, self._client, api_key, poll_interval, progress, token_limit)
         self._direct = asyncio.Lock()  # `complete` calls, one at a time
         self._answered: dict[str, ChatResponse] = {}  # what direct calls collected and were not yet asked for
         self._writers = 0  # BatchFileWriters made, for their files' temporary names
@@ -246,8 +254,9 @@ class OpenAIBatchBackend:
         self.jobs.load()
         self._writers += 1
         ready: dict[int, list[int]] = {r: [] for r in range(self.resubmits + 1)}
+        limits = self.jobs.file_limits(self.limits)  # under the enqueued-token limit, where one is known
         writers = {
-            r: BatchFileWriter(self.folder, f"{os.getpid()}-{self._writers}-{r}", self.limits,
+            r: BatchFileWriter(self.folder, f"{os.getpid()}-{self._writers}-{r}", limits,
                                lambda *made, r=r: ready[r].append(self.jobs.record(*made)), self.markers)  # fmt: skip
             for r in range(self.resubmits + 1)
         }

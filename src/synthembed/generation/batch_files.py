@@ -29,6 +29,7 @@ from ..errors import SynthembedError
 from ..taskgroups import MARKER_HEADER
 from . import rundir
 from .llm import ChatRequest, ChatResponse, LLMError, RetryableError
+from .tokens import prompt_tokens
 
 BATCH_ENDPOINT = "/v1/chat/completions"
 INDEX_FILE = "index.sqlite"
@@ -46,10 +47,12 @@ FILE_REQUESTS = 10_000
 @dataclass(frozen=True)
 class BatchLimits:
     """What one batch file may hold: FILE_REQUESTS requests and 200 MB unless told otherwise, within OpenAI's limits
-    (50,000 requests, 200 MB)."""
+    (50,000 requests, 200 MB); with `max_tokens`, at most that many input tokens as estimated by tokens.prompt_tokens
+    (a share of the provider's enqueued-token limit: batch_queue.py)."""
 
     max_requests: int = FILE_REQUESTS
     max_bytes: int = API_MAX_BYTES
+    max_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_requests <= API_MAX_REQUESTS:
@@ -57,6 +60,8 @@ class BatchLimits:
                                   "(--batch-file-requests)")  # fmt: skip
         if not 1 <= self.max_bytes <= API_MAX_BYTES:
             raise SynthembedError(f"a batch file holds 1 to {API_MAX_BYTES:,} bytes, not {self.max_bytes!r}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise SynthembedError(f"a batch file's input tokens must be at least 1, not {self.max_tokens!r}")
 
 
 def batch_line(request: ChatRequest, marker: bool = False) -> dict[str, Any]:
@@ -155,19 +160,22 @@ def _chat_response(body: Any, request: ChatRequest) -> ChatResponse | RetryableE
 
 class BatchFileWriter:
     """Batch input files written a line at a time, each within `limits`: a full file is closed and handed to `finish`
-    (its temporary path, line count, byte count, sha256 and custom_ids), which gives it its number and records it.
+    (its temporary path, line count, byte count, sha256, custom_ids and estimated input tokens), which gives it its
+    number and records it.
 
     Only one file is open at a time, on disk, so writing 500k requests holds one file's custom_ids in memory. A
-    request whose line alone is over the byte limit is refused (`add` returns False).
+    request whose line alone is over the byte limit is refused (`add` returns False); one over the token limit goes in
+    a file of its own (the limit is a share of the queue's: batch_queue.FILE_SHARE).
     """
 
-    def __init__(self, folder: Path, tag: str, limits: BatchLimits, finish: Callable[[Path, int, int, str, list[str]], None],
-                 marker: bool = False):  # fmt: skip
+    def __init__(self, folder: Path, tag: str, limits: BatchLimits,
+                 finish: Callable[[Path, int, int, str, list[str], int], None], marker: bool = False):  # fmt: skip
         self.folder, self.tag, self.limits, self.finish, self.marker = folder, tag, limits, finish, marker
         self._handle = None
         self._path: Path | None = None
         self._keys: list[str] = []
         self._bytes = 0
+        self._tokens = 0
         self._sha = hashlib.sha256()
 
     def __len__(self) -> int:
@@ -175,18 +183,23 @@ class BatchFileWriter:
 
     def add(self, request: ChatRequest) -> bool:
         line = (json.dumps(batch_line(request, self.marker), ensure_ascii=False) + "\n").encode("utf-8")
+        tokens = prompt_tokens(request.messages)
+        max_tokens = self.limits.max_tokens
         if len(line) > self.limits.max_bytes:
             return False
-        if self._keys and (len(self._keys) >= self.limits.max_requests or self._bytes + len(line) > self.limits.max_bytes):
+        full = (len(self._keys) >= self.limits.max_requests or self._bytes + len(line) > self.limits.max_bytes
+                or (max_tokens is not None and self._tokens + tokens > max_tokens))  # fmt: skip
+        if self._keys and full:
             self.close()
         if self._handle is None:
             self.folder.mkdir(parents=True, exist_ok=True)
             self._path = self.folder / f".open-{self.tag}.jsonl.tmp"
             self._handle = self._path.open("wb")
-            self._keys, self._bytes, self._sha = [], 0, hashlib.sha256()
+            self._keys, self._bytes, self._tokens, self._sha = [], 0, 0, hashlib.sha256()
         self._handle.write(line)
         self._sha.update(line)
         self._bytes += len(line)
+        self._tokens += tokens
         self._keys.append(request.key())
         return True
 
@@ -198,7 +211,7 @@ class BatchFileWriter:
         os.fsync(self._handle.fileno())
         self._handle.close()
         self._handle = None
-        self.finish(self._path, len(self._keys), self._bytes, self._sha.hexdigest(), self._keys)
+        self.finish(self._path, len(self._keys), self._bytes, self._sha.hexdigest(), self._keys, self._tokens)
         self._keys = []
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import shutil
 import time
@@ -18,7 +19,8 @@ from typing import Any
 
 from ..errors import SynthembedError
 from . import rundir
-from .batch_files import BATCH_ENDPOINT, BatchIndex, drop_unfinished, iter_input_lines
+from .batch_files import BATCH_ENDPOINT, BatchIndex, BatchLimits, drop_unfinished, iter_input_lines
+from .batch_queue import ALONE_TRIES, EnqueuedTokens, file_token_cap, file_tokens, queue_refusal
 from .llm import RetryableError, redact
 
 COMPLETION_WINDOW = "24h"
@@ -32,9 +34,11 @@ class BatchNotRun(Exception):
 
 class BatchJobs:
     """The batches of the run in `state_dir`, reached through `client` (an openai.AsyncOpenAI); `poll_interval` seconds
-    between batches.retrieve calls; `progress` None shows the bar where stderr is a terminal."""
+    between batches.retrieve calls; `progress` None shows the bar where stderr is a terminal; `token_limit` the
+    provider's enqueued-token limit where it is known (batch_queue.py)."""
 
-    def __init__(self, state_dir: Path, client: Any, api_key: str, poll_interval: float, progress: bool | None):
+    def __init__(self, state_dir: Path, client: Any, api_key: str, poll_interval: float, progress: bool | None,
+                 token_limit: int | None = None):  # fmt: skip
         import openai
 
         self.state_dir = Path(state_dir)
@@ -50,6 +54,8 @@ class BatchJobs:
         self._counts: dict[int, tuple[int, int]] = {}  # batch file number -> (lines answered, lines)
         self.submitted = 0  # batches this session created (the stand-in's tests count them)
         self._uploading = asyncio.Lock()  # one upload at a time: memory is one file's, whatever max_in_flight is
+        self.token_limit = token_limit
+        self.queue = EnqueuedTokens(token_limit, retry_interval=poll_interval)
 
     # --- state: OUT/batches.json, the batch files and their index -------------------------------------------------
 
@@ -58,6 +64,7 @@ class BatchJobs:
         if self._state is None:
             self._state = rundir.read_batches(self.state_dir)
             drop_unfinished(self.folder)
+            self._rewrite_over_cap()
             self.index = BatchIndex(self.folder, [e for e in self._state["batches"] if not e.get("imported")],
                                      self.state_dir)  # fmt: skip
         return self._state
@@ -65,10 +72,38 @@ class BatchJobs:
     def save(self) -> None:
         rundir.write_batches(self.state_dir, self.load())
 
+    def known_limit(self) -> int | None:
+        """The enqueued-token limit: the one given, or the one a refusal named (in this session or an earlier one)."""
+        named = self.queue.named or (self._state or {}).get("enqueued_token_limit")
+        limits = [x for x in (self.token_limit, named) if x]
+        return min(limits) if limits else None
+
+    def file_limits(self, limits: BatchLimits) -> BatchLimits:
+        """`limits` with the input tokens a file may hold under the known enqueued-token limit."""
+        cap = file_token_cap(self.known_limit())
+        if cap is None or (limits.max_tokens is not None and limits.max_tokens <= cap):
+            return limits
+        return dataclasses.replace(limits, max_tokens=cap)
+
+    def _rewrite_over_cap(self) -> None:
+        """Files not yet run that hold more input tokens than a file may under the known limit are given up (marked
+        imported, so that their requests are written anew, into smaller files: a file alone over the limit is refused
+        for ever)."""
+        state = self._state
+        if state.get("enqueued_token_limit"):
+            self.queue.named = state["enqueued_token_limit"]
+            self.queue.cap = min(x for x in (self.queue.cap, self.queue.named) if x)
+        cap = file_token_cap(self.known_limit())
+        if cap is None:
+            return
+        for entry in state["batches"]:
+            if entry["batch_id"] is None and not entry.get("imported") and file_tokens(entry) > cap:
+                entry.update(status="rewritten", imported=True)
+
     def entry(self, n: int) -> dict[str, Any]:
         return self.load()["batches"][n - 1]
 
-    def record(self, tmp: Path, lines: int, size: int, sha256: str, keys: list[str]) -> int:
+    def record(self, tmp: Path, lines: int, size: int, sha256: str, keys: list[str], tokens: int) -> int:
         """A finished input file gets its number and name, its entry in batches.json and its lines in the index."""
         state = self.load()
         n = len(state["batches"]) + 1
@@ -80,6 +115,7 @@ class BatchJobs:
                 "file": name,
                 "requests": lines,
                 "bytes": size,
+                "input_tokens": tokens,  # estimated (tokens.prompt_tokens), for the enqueued-token limit
                 "sha256": sha256,
                 "input_file_id": None,
                 "batch_id": None,
@@ -112,19 +148,26 @@ class BatchJobs:
             self.save()
         else:  # uploaded by an earlier session: perhaps submitted too, with the reply lost to a kill
             page = await self.call(self._client.batches.list(limit=100))
-            found = next((b for b in page.data if b.input_file_id == entry["input_file_id"]), None)
+            refused = set(entry.get("refused", ()))  # batches of this file the queue limit turned away
+            found = next((b for b in page.data if b.input_file_id == entry["input_file_id"] and b.id not in refused),
+                         None)  # fmt: skip
             if found is not None:
                 entry.update(batch_id=found.id, status=found.status)
                 self.save()
                 return
-        batch = await self.call(
-            self._client.with_options(max_retries=0).batches.create(
-                input_file_id=entry["input_file_id"],
-                endpoint=BATCH_ENDPOINT,
-                completion_window=COMPLETION_WINDOW,
-                metadata={"synthembed_file": entry["file"], "synthembed_sha256": entry["sha256"]},
+        await self.queue.room_for(n, file_tokens(entry))  # within the enqueued-token limit (batch_queue.py)
+        try:
+            batch = await self.call(
+                self._client.with_options(max_retries=0).batches.create(
+                    input_file_id=entry["input_file_id"],
+                    endpoint=BATCH_ENDPOINT,
+                    completion_window=COMPLETION_WINDOW,
+                    metadata={"synthembed_file": entry["file"], "synthembed_sha256": entry["sha256"]},
+                )
             )
-        )
+        except BaseException:
+            await self.queue.ended(n)
+            raise
         self.submitted += 1
         entry.update(batch_id=batch.id, status=batch.status, submitted_at=time.time())
         self.save()
@@ -186,11 +229,15 @@ class BatchJobs:
         self._bar.refresh()
 
     async def wait(self, n: int) -> Any:
-        """Submit batch `n` if it is not yet, then poll it until it ends; the last Batch object."""
+        """Submit batch `n` if it is not yet, then poll it until it ends; the last Batch object. A batch refused for
+        the enqueued-token limit is submitted again, from the same file, once there is room (batch_queue.py)."""
         await self.send(n)
         entry = self.entry(n)
+        alone = 0  # refusals in a row with nothing else of the run in flight
         while True:
             batch = await self.call(self._client.batches.retrieve(entry["batch_id"]))
+            if batch.status not in TERMINAL and n not in self.queue.in_flight:
+                self.queue.running(n, file_tokens(entry))  # an earlier session's batch, still out
             counts = batch.request_counts
             changed = (batch.status, batch.output_file_id, batch.error_file_id) != (
                 entry["status"],
@@ -207,8 +254,40 @@ class BatchJobs:
             if counts is not None:
                 self.show(n, counts.completed + counts.failed, counts.total or entry["requests"])
             if batch.status in TERMINAL:
-                return batch
+                await self.queue.ended(n)
+                message = queue_refusal(batch)
+                if message is None:
+                    return batch
+                alone = await self._refused(n, batch, message, alone)
+                await self.send(n)
+                continue
             await asyncio.sleep(self.poll_interval)
+
+    async def _refused(self, n: int, batch: Any, message: str, alone: int) -> int:
+        """Batch `n` was refused for the enqueued-token limit: recorded (its file is sent again, the refused batch is
+        never taken for it), and where nothing else of the run is in flight, a wait; the refusals in a row alone."""
+        entry, tokens = self.entry(n), file_tokens(self.entry(n))
+        delay = self.queue.refused(n, tokens, message, alone)
+        entry.setdefault("refused", []).append(batch.id)
+        entry.update(batch_id=None, status="queue_full", output_file_id=None, error_file_id=None)
+        if self.queue.named:
+            self.load()["enqueued_token_limit"] = self.queue.named  # a rerun writes its files under it
+        self.save()
+        if delay is None:
+            return 0
+        over = self.queue.named is not None and tokens > self.queue.named  # alone over the limit: never accepted
+        if over or alone + 1 >= ALONE_TRIES:
+            limit = self.known_limit()
+            raise SynthembedError(
+                f"batch file {entry['file']} (about {tokens:,} input tokens) was refused {alone + 1} times for the "
+                f"Batch API's enqueued-token limit with nothing else of this run in flight ({message}). Either other "
+                "batches of your organization fill the queue: run this command again once they have ended, nothing "
+                "is lost; or this file alone is over the limit: run it again"
+                + (f" and the files not yet run that hold more than {file_token_cap(limit):,} tokens are written anew"
+                   if limit else " with --enqueued-token-limit N, which writes the files not yet run anew under it")
+            )
+        await asyncio.sleep(delay)
+        return alone + 1
 
     async def aclose(self) -> None:
         if self._bar is not None:

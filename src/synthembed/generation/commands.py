@@ -74,7 +74,12 @@ def configure_generate_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight at once (openai backend)")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per generate() call (transformers backend)")
     parser.add_argument("--max-batches", type=int, default=64, help="batches in flight at once (openai-batch; one "
-                        "while --max-cost is set); lower it to stay under the provider's enqueued-token limit")
+                        "while --max-cost is set)")
+    parser.add_argument("--enqueued-token-limit", type=int, default=None, metavar="TOKENS",
+                        help="your organization's Batch API queue limit for the model (input tokens of the batches "
+                        "waiting or running, e.g. 2000000): files are written under a quarter of it and sent while it "
+                        "leaves room. Without it a batch the limit refuses is sent again once there is room, and the "
+                        "limit the API names is kept for the rest of the run")
     parser.add_argument("--batch-file-requests", type=int, default=None, help="requests per batch file (openai-batch, "
                         "batch-files; default 10,000, at most the API's 50,000): a batch is judged when it ends, so "
                         "smaller files end a run sooner after its last batch")
@@ -127,7 +132,7 @@ def run_generate_command(args: argparse.Namespace) -> int:
         args.out, config, backend=args.backend, base_url=args.base_url, concurrency=args.concurrency,
         max_cost=args.max_cost, cache=args.cache, prices=args.prices, timeout=args.timeout,
         batch_size=args.batch_size, workers=args.workers, progress=not args.quiet, max_batches=args.max_batches,
-        batch_file_requests=args.batch_file_requests,
+        batch_file_requests=args.batch_file_requests, enqueued_token_limit=args.enqueued_token_limit,
     )
     if stats.get("complete"):
         return 0

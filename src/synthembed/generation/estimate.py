@@ -14,7 +14,7 @@ Requests are counted exactly (plan.py's rules: generation requests per group and
 first wave). Tokens are estimates, said as such:
 - prompts: SAMPLE_PROMPTS real prompts per group rendered from the plan (its seed and languages; tasks from the run's
   tasks.jsonl where there is one, else the groups' illustrative task definitions), counted with tiktoken where it is
-  installed and has its encoding offline, else at one token per BYTES_PER_TOKEN UTF-8 bytes, plus a chat turn's overhead;
+  installed and has its encoding offline, else at one token per 4 UTF-8 bytes, plus a chat turn's overhead (tokens.py);
 - completions: the words the group's length rules ask for under the sampled placeholders (taskgroups.length_rules),
   ESTIMATED_WORDS for fields without a rule, at TOKENS_PER_WORD, plus the JSON around them;
 - `measured=RUN`: the mean prompt and completion tokens per stage and group of RUN's answered requests (its cache.sqlite)
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Mapping
@@ -41,10 +40,9 @@ from . import rundir
 from .batch import BATCH_PRICE_FACTOR
 from .cost import load_prices, price_of
 from .plan import TASKS_PER_BRAINSTORM, GenerateConfig, Planned, all_brainstorm_plans, brainstorm_plan, generation_plan
+from .tokens import prompt_tokens, token_counter
 
 SAMPLE_PROMPTS = 64  # rendered prompts per group whose tokens are averaged
-BYTES_PER_TOKEN = 4.0  # the rule of thumb for BPE vocabularies on English; more tokens per byte in other scripts
-CHAT_TURN_TOKENS = 7  # a one-message chat's role and separator tokens, and the reply's priming
 TOKENS_PER_WORD = 1.4  # BPE tokens per word, English about 1.3, other languages more
 JSON_TOKENS_PER_FIELD = 5  # a key, its quotes, colon and comma
 BRAINSTORM_WORDS_PER_TASK = 18  # one brainstormed task definition ("Given a ..., retrieve ...")
@@ -108,27 +106,8 @@ class PlanEstimate:
 # --- tokens --------------------------------------------------------------------------------------------------------
 
 
-def _tiktoken_counter():
-    """tiktoken's o200k_base counter where the package and its encoding file are here (never downloaded), else None."""
-    try:
-        import tiktoken
-
-        encoding = tiktoken.get_encoding("o200k_base")
-    except Exception:  # not installed, or the encoding is not cached and the network is off
-        return None
-    return lambda text: len(encoding.encode(text, disallowed_special=()))
-
-
-def token_counter() -> tuple[Any, str]:
-    """(count(text) -> tokens, its description)."""
-    counter = _tiktoken_counter()
-    if counter is not None:
-        return counter, "tiktoken o200k_base"
-    return (lambda text: math.ceil(len(text.encode("utf-8")) / BYTES_PER_TOKEN)), f"UTF-8 bytes / {BYTES_PER_TOKEN:g}"
-
-
 def _prompt_tokens(planned: Planned, count) -> int:
-    return sum(count(m["content"]) for m in planned.request.messages) + CHAT_TURN_TOKENS
+    return prompt_tokens(planned.request.messages, count)
 
 
 def _field_words(task_type: str, placeholders: Mapping[str, Any]) -> dict[str, float]:

@@ -332,6 +332,7 @@ def generate(
     progress: bool = True,
     max_batches: int = 64,
     batch_file_requests: int | None = None,
+    enqueued_token_limit: int | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a generation into `out`; returns its stats (also written to out/stats.json).
 
@@ -342,7 +343,8 @@ def generate(
     chooses by `auto_workers`.
     `stand_in=True` marks the run as the loopback stand-in's in stats.json (also detected from its answers' signature).
     `max_batches` is how many batches the openai-batch backend has in flight at once (one while `max_cost` is set),
-    `batch_file_requests` how many requests go in one of its files (default batch_files.FILE_REQUESTS).
+    `batch_file_requests` how many requests go in one of its files (default batch_files.FILE_REQUESTS),
+    `enqueued_token_limit` the provider's limit on the input tokens of queued batches, where known (batch_queue.py).
     """
     config = config or GenerateConfig()
     out = Path(out)
@@ -377,7 +379,8 @@ def generate(
                                    concurrency=concurrency, timeout=timeout, batch_size=batch_size,
                                    max_new_tokens=config.max_tokens or 1024, state_dir=out,
                                    stand_in=stand_in or config.model.startswith("loopback"), max_batches=max_batches,
-                                   batch_file_requests=batch_file_requests)
+                                   batch_file_requests=batch_file_requests,
+                                   enqueued_token_limit=enqueued_token_limit)
         # A backend with its own prices (the Batch API's half price) counts every answer of the run at them.
         factor = getattr(backend, "price_factor", 1.0)
         price_table = {m: (i * factor, o * factor) for m, (i, o) in price_table.items()} if factor != 1.0 else price_table

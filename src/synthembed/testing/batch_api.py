@@ -19,7 +19,11 @@ Scripted faults (BatchFaults):
 - failed_line: rate of lines, drawn by a hash of the custom_id, answered 500 the first time their request is seen (a
   follow-up batch gets the answer);
 - expire_batches: the first N batches created answer half their lines, then expire (the rest: "batch_expired" errors);
-- hold_batches: the first N batches created stay "in_progress" until `release()`, as across a client's restart.
+- hold_batches: the first N batches created stay "in_progress" until `release()`, as across a client's restart;
+- enqueued_token_limit: the organization's batch queue limit: a batch whose input tokens, with those of the batches
+  validated and not yet ended, would pass it fails validation with OpenAI's `token_limit_exceeded` error, naming the
+  limit. The stand-in counts a line's input tokens as its messages' UTF-8 bytes / `bytes_per_token` plus 7, its own
+  tokenizer: a `bytes_per_token` below the client's estimate (4) counts more tokens than the client expects.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ class BatchFaults:
     failed_line: float = 0.0
     expire_batches: int = 0
     hold_batches: int = 0
+    enqueued_token_limit: int = 0  # 0: none
+    bytes_per_token: float = 4.0
 
 
 def _error(message: str, code: str) -> dict[str, Any]:
@@ -81,6 +87,9 @@ class BatchAPI:
         self.uploads = 0
         self.lines_in_parallel = lines_in_parallel
         self._seen: set[str] = set()  # custom_ids answered before (failed_line hits a request's first time only)
+        self.enqueued: dict[str, int] = {}  # batch id -> input tokens, of the batches validated and not ended
+        self.peak_enqueued = 0
+        self.refused = 0  # batches failed for the enqueued-token limit
         self._released: asyncio.Event | None = None
         self._slots: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -292,6 +301,35 @@ class BatchAPI:
                 },
             )
             return
+        if not self._enqueue(batch, lines):
+            return
+        try:
+            await self._answer(batch, lines, held, expires)
+        finally:
+            self.enqueued.pop(batch["id"], None)
+
+    def _input_tokens(self, line: dict[str, Any]) -> int:
+        messages = line["body"].get("messages") or []
+        text = sum(len(str(m.get("content") or "").encode("utf-8")) for m in messages if isinstance(m, dict))
+        return int(text / self.faults.bytes_per_token) + 7
+
+    def _enqueue(self, batch: dict[str, Any], lines: list[dict[str, Any]]) -> bool:
+        """Count the batch's input tokens into the queue, or fail it as OpenAI does when they would pass the limit."""
+        tokens = sum(self._input_tokens(line) for line in lines)
+        limit = self.faults.enqueued_token_limit
+        if limit and sum(self.enqueued.values()) + tokens > limit:
+            self.refused += 1
+            model = lines[0]["body"].get("model", "the model")
+            message = (f"Enqueued token limit reached for {model} in organization org-loopback. Limit: {limit:,} "
+                       "enqueued tokens. Please try again once some in_progress batches have been completed.")  # fmt: skip
+            batch.update(status="failed", failed_at=int(time.time()), errors={"object": "list", "data": [
+                {"code": "token_limit_exceeded", "message": message, "param": None, "line": None}]})  # fmt: skip
+            return False
+        self.enqueued[batch["id"]] = tokens
+        self.peak_enqueued = max(self.peak_enqueued, sum(self.enqueued.values()))
+        return True
+
+    async def _answer(self, batch: dict[str, Any], lines: list[dict[str, Any]], held: bool, expires: bool) -> None:
         batch.update(status="in_progress", in_progress_at=int(time.time()))
         batch["request_counts"]["total"] = len(lines)
         if held:

@@ -1,0 +1,137 @@
+"""The Batch API's enqueued-token limit, kept on the client's side.
+
+OpenAI caps the input tokens of an organization's batches that wait or run, per model (the "batch queue limit": 2M
+tokens for gpt-4o-mini at the lowest usage tier, billions at the highest). batches.create accepts a batch over it; the
+batch then fails validation, with nothing run or billed, and the error
+
+    token_limit_exceeded: Enqueued token limit reached for gpt-4o-mini in organization org-... Limit: 2,000,000
+    enqueued tokens. Please try again once some in_progress batches have been completed.
+
+At the paper's scale (500k requests, about 300M prompt tokens) every tier below the top meets it. So a refused batch is
+not a failure of its lines: the same uploaded file is submitted again once there is room (batch_jobs.BatchJobs.wait),
+and `EnqueuedTokens` decides when that is. It keeps the estimated input tokens (tokens.prompt_tokens, counted as each
+file is written) of the run's batches in flight, and lets a batch go while nothing else of the run is in flight, or
+while the sum with it stays within `cap`:
+- the limit given (`--enqueued-token-limit`; files are then written at FILE_SHARE of it, so that several are in flight
+  and one ends while the others run);
+- the limit a refusal names (and batches.json keeps it, so a rerun writes its new files under it);
+- less, where a refusal came although the estimate said it fit (other batches of the organization, or a tokenizer that
+  counts more than the estimate): the cap drops below what was in flight then plus the refused batch.
+
+A batch refused with nothing else of the run in flight waits `retry_interval` seconds, doubling (at most MAX_WAIT); after
+ALONE_TRIES such refusals the run stops with a message (a rerun goes on from there): either other batches of the
+organization fill the queue, or the file alone is over the limit, which a rerun with the limit given writes anew in
+smaller files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+from typing import Any
+
+from ..errors import SynthembedError
+from .tokens import BYTES_PER_TOKEN
+
+REFUSAL_CODE = "token_limit_exceeded"
+FILE_SHARE = 0.25  # a batch file's estimated input tokens, as a share of a known enqueued-token limit
+ALONE_TRIES = 5  # refusals with nothing else of the run in flight before the run stops (waits of 1, 2, 4, 8 x interval)
+MAX_WAIT = 600.0  # seconds between tries of a batch refused with nothing else in flight, at most
+_NAMED_LIMIT = re.compile(r"limit:\s*([\d,_]+)\s*enqueued tokens", re.IGNORECASE)
+
+
+def queue_refusal(batch: Any) -> str | None:
+    """The message of a batch refused for the enqueued-token limit ("failed" with code token_limit_exceeded), else
+    None."""
+    if getattr(batch, "status", None) != "failed":
+        return None
+    for error in getattr(batch.errors, "data", None) or []:
+        if getattr(error, "code", None) == REFUSAL_CODE:
+            return getattr(error, "message", None) or REFUSAL_CODE
+    return None
+
+
+def named_limit(message: str) -> int | None:
+    """The limit a refusal's message names, in tokens.
+
+    >>> named_limit("Enqueued token limit reached for gpt-4o in organization org-x. Limit: 90,000 enqueued tokens.")
+    90000
+    >>> named_limit("token_limit_exceeded") is None
+    True
+    """
+    found = _NAMED_LIMIT.search(message or "")
+    return int(re.sub(r"[,_]", "", found.group(1))) if found else None
+
+
+def file_tokens(entry: dict[str, Any]) -> int:
+    """A batch file's estimated input tokens: as counted when it was written, or for a file of a run from before they
+    were counted, its bytes at BYTES_PER_TOKEN (more than its prompts alone: its JSON counts too)."""
+    counted = entry.get("input_tokens")
+    return int(counted) if counted is not None else math.ceil(entry.get("bytes", 0) / BYTES_PER_TOKEN)
+
+
+def file_token_cap(limit: int | None) -> int | None:
+    """The estimated input tokens one batch file is written with at most, under an enqueued-token limit."""
+    return None if limit is None else max(1, int(limit * FILE_SHARE))
+
+
+class EnqueuedTokens:
+    """The run's batches in flight and the cap on their estimated input tokens (module doc). `limit` is the one given,
+    None while unknown; `retry_interval` the first wait of a batch refused with nothing else in flight."""
+
+    def __init__(self, limit: int | None = None, retry_interval: float = 30.0):
+        if limit is not None and int(limit) < 1:
+            raise SynthembedError(f"--enqueued-token-limit must be a positive number of tokens, not {limit!r}")
+        self.cap = None if limit is None else int(limit)
+        self.named: int | None = None  # the limit a refusal named
+        self.retry_interval = retry_interval
+        self.in_flight: dict[int, int] = {}  # batch file number -> its estimated input tokens
+        self.refusals = 0
+        self._changed: asyncio.Condition | None = None  # made on the event loop that first waits
+
+    def _condition(self) -> asyncio.Condition:
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        return self._changed
+
+    def fits(self, tokens: int) -> bool:
+        """Whether a batch of `tokens` may go now."""
+        return not self.in_flight or self.cap is None or sum(self.in_flight.values()) + tokens <= self.cap
+
+    async def room_for(self, n: int, tokens: int) -> None:
+        """Wait until batch file `n` fits, then count it as in flight (before its batches.create: the next one to ask
+        sees it)."""
+        condition = self._condition()
+        async with condition:
+            await condition.wait_for(lambda: self.fits(tokens))
+            self.in_flight[n] = tokens
+
+    def running(self, n: int, tokens: int) -> None:
+        """Batch file `n` is in flight (a batch of an earlier session, found running)."""
+        self.in_flight[n] = tokens
+
+    async def ended(self, n: int) -> None:
+        """Batch file `n` is no longer in flight: the batches waiting for room look again."""
+        if self.in_flight.pop(n, None) is not None:
+            condition = self._condition()
+            async with condition:
+                condition.notify_all()
+
+    def refused(self, n: int, tokens: int, message: str, alone_before: int) -> float | None:
+        """Batch file `n` was refused for the limit (`message`, the API's words). The cap learns from it. Returns how
+        many seconds to wait before it goes again where nothing else of the run is in flight (its `alone_before`-th
+        such refusal before this one), or None where it is to wait for room instead."""
+        self.refusals += 1
+        self.in_flight.pop(n, None)
+        named = named_limit(message)
+        if named is not None:
+            self.named = named
+            self.cap = named if self.cap is None else min(self.cap, named)
+        others = sum(self.in_flight.values())
+        if others:
+            # What was in flight fit and this did not: next time it waits until the sum with it is below that.
+            learned = others + tokens - 1
+            self.cap = learned if self.cap is None else min(self.cap, learned)
+            return None
+        return min(MAX_WAIT, self.retry_interval * 2**alone_before)

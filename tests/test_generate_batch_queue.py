@@ -1,0 +1,164 @@
+"""The Batch API's enqueued-token limit (batch_queue.py): a batch the provider's queue refuses is sent again from the
+same file once there is room, a known limit keeps every batch within it, and a file alone over the limit is written anew
+on the rerun. Against the stand-in's batches endpoint, which refuses as OpenAI does (testing/batch_api.py)."""
+
+from __future__ import annotations
+
+import doctest
+import json
+
+import pytest
+
+from synthembed.errors import SynthembedError
+from synthembed.generation import batch_queue, rundir, tokens
+from synthembed.generation.batch import OpenAIBatchBackend
+from synthembed.generation.batch_files import BatchLimits
+from synthembed.generation.batch_queue import EnqueuedTokens, file_token_cap
+from synthembed.generation.pipeline import generate
+from synthembed.generation.plan import GenerateConfig
+from synthembed.testing.batch_api import BatchFaults
+from synthembed.testing.loopback import LoopbackServer
+
+CONFIG = dict(model="loopback", tasks_per_type=2, examples_per_task=3, languages="English,German", seed=0,
+              task_types=("sts", "short-long"))  # fmt: skip
+FILE_REQUESTS = 2
+LATENCY = 0.3  # seconds a line takes: the batches of a stage are in the queue together
+
+
+@pytest.fixture(autouse=True)
+def _no_endpoint_env(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+
+
+def _run(out, server, backend="batch", **kwargs):
+    if backend == "batch":
+        backend = OpenAIBatchBackend(out, base_url=server.base_url, markers=True, poll_interval=0.02, progress=False,
+                                     limits=BatchLimits(max_requests=FILE_REQUESTS), max_in_flight=8, **kwargs)  # fmt: skip
+    return generate(out, GenerateConfig(**CONFIG), backend=backend, base_url=server.base_url, concurrency=4,
+                    backoff=0.01, progress=False, stand_in=True)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory):
+    """The same plan answered request by request through the chat endpoint: what every batch run must equal."""
+    out = tmp_path_factory.mktemp("plain") / "run"
+    with LoopbackServer() as server:
+        stats = _run(out, server, backend="openai")
+    assert stats["complete"]
+    return out, stats
+
+
+def _same_data(out, plain_out) -> None:
+    for name in ("examples.jsonl", "tasks.jsonl", "rejects.jsonl"):
+        assert (out / name).read_text() == (plain_out / name).read_text(), name
+
+
+def _largest_file(out) -> int:
+    return max(e["input_tokens"] for e in rundir.read_batches(out)["batches"])
+
+
+def test_a_refused_batch_is_sent_again_from_the_same_file_and_the_run_equals_the_plain_one(tmp_path, plain_run):
+    """No limit given; the stand-in's tokenizer counts a third more than the client's estimate, and its queue holds
+    about two files. Refused batches are submitted again from their uploaded file (no line resent, no failure), the
+    limit the API named is kept in batches.json, and the data is the plain run's."""
+    probe = tmp_path / "probe"  # one run without a limit, to size the queue by the files it writes
+    with LoopbackServer() as server:
+        assert _run(probe, server)["complete"]
+    limit = int(2 * _largest_file(probe) * 4 / 3)
+    out = tmp_path / "run"
+    with LoopbackServer(latency=LATENCY) as server:
+        server.batch_api.faults = BatchFaults(enqueued_token_limit=limit, bytes_per_token=3.0)
+        stats = _run(out, server)
+        api = server.batch_api
+        batches = dict(api.batches)
+    state = rundir.read_batches(out)
+    entries = state["batches"]
+    assert stats["complete"] and not stats["faults"]["failed_requests"]
+    _same_data(out, plain_run[0])
+    assert api.refused > 0 and state["enqueued_token_limit"] == limit
+    refused = [batch_id for e in entries for batch_id in e.get("refused", [])]
+    assert len(refused) == api.refused and all(batches[b]["status"] == "failed" for b in refused)
+    # every file uploaded once, each refusal a second batches.create of the same file, never a second file of its lines
+    assert api.uploads == len(entries) + sum(1 for b in batches.values() if b["output_file_id"])
+    assert api.created == len(entries) + api.refused
+    assert {batches[e["batch_id"]]["input_file_id"] for e in entries} == {e["input_file_id"] for e in entries}
+    assert sum(e["requests"] for e in entries) == plain_run[1]["requests"]["brainstorm"] + plain_run[1]["requests"][
+        "generate_planned"
+    ]
+    assert all(e["status"] == "completed" for e in entries) and api.peak_enqueued <= limit
+
+
+def test_a_known_limit_keeps_every_batch_within_it(tmp_path, plain_run):
+    """--enqueued-token-limit: files hold a quarter of it at most, several go out at once, and none is refused."""
+    limit = 1_200  # a quarter of it is less than two requests' prompts
+    out = tmp_path / "run"
+    with LoopbackServer(latency=LATENCY) as server:
+        server.batch_api.faults = BatchFaults(enqueued_token_limit=limit)
+        stats = _run(out, server, token_limit=limit)
+        api = server.batch_api
+    assert stats["complete"] and api.refused == 0
+    _same_data(out, plain_run[0])
+    entries = rundir.read_batches(out)["batches"]
+    assert all(e["input_tokens"] <= file_token_cap(limit) for e in entries)
+    assert max(e["requests"] for e in entries) < FILE_REQUESTS  # the token cap, not the request count, cut them
+    assert api.peak_enqueued > _largest_file(out)  # more than one batch in the queue at a time
+
+
+def test_a_file_alone_over_the_limit_stops_the_run_and_the_rerun_writes_it_anew(tmp_path, plain_run, capsys):
+    """A file that can never fit (its estimate alone is over the limit the refusal names) stops the run at once, with
+    the way on; the rerun, told nothing, gives that file up and writes its requests in files under a quarter of it."""
+    out = tmp_path / "run"
+    with LoopbackServer(latency=LATENCY) as server:
+        server.batch_api.faults = BatchFaults(enqueued_token_limit=400)
+        with pytest.raises(SynthembedError, match=r"refused 1 times .* Limit: 400 enqueued tokens.* written anew"):
+            _run(out, server)
+        refused_first = server.batch_api.refused
+        assert refused_first >= 1
+        stats = _run(out, server)
+        api = server.batch_api
+    assert stats["complete"]
+    _same_data(out, plain_run[0])
+    entries = rundir.read_batches(out)["batches"]
+    given_up = [e for e in entries if e["status"] == "rewritten"]
+    assert given_up and all(e["input_tokens"] > file_token_cap(400) for e in given_up)
+    # a file holds a quarter of the limit, or one request where that alone is more
+    sent = [e for e in entries if e["status"] == "completed"]
+    assert all(e["input_tokens"] <= file_token_cap(400) or e["requests"] == 1 for e in sent)
+    assert api.refused == refused_first  # the rerun sent within the limit it learned
+
+
+def test_the_cap_learns_from_refusals():
+    queue = EnqueuedTokens()
+    queue.running(1, 100)
+    queue.running(2, 100)
+    assert queue.fits(10**9)  # no limit known: anything goes
+    # refused with two files of 100 in flight: two fit, three did not
+    assert queue.refused(3, 100, "token_limit_exceeded", alone_before=0) is None
+    assert queue.cap == 299 and not queue.fits(100) and queue.fits(99)
+    # a named limit above what was learned does not raise the cap; one below lowers it
+    queue.refused(4, 100, "Limit: 1,000 enqueued tokens.", alone_before=0)
+    assert queue.cap == 299 and queue.named == 1000
+    queue.refused(5, 100, "Limit: 150 enqueued tokens.", alone_before=0)
+    assert queue.cap == 150
+    # alone: wait, doubling, at most MAX_WAIT
+    lone = EnqueuedTokens(retry_interval=30.0)
+    assert [lone.refused(1, 10, "x", k) for k in (0, 1, 2, 10)] == [30.0, 60.0, 120.0, batch_queue.MAX_WAIT]
+    with pytest.raises(SynthembedError, match="--enqueued-token-limit"):
+        EnqueuedTokens(0)
+
+
+def test_file_input_tokens_are_the_sum_of_the_prompts_estimates(tmp_path):
+    """A file's input_tokens is what tokens.prompt_tokens says of each of its lines, added up."""
+    out = tmp_path / "run"
+    with LoopbackServer() as server:
+        assert _run(out, server)["complete"]
+    for entry in rundir.read_batches(out)["batches"]:
+        lines = rundir.batch_input_path(out, entry["file"]).read_text().splitlines()
+        assert entry["input_tokens"] == sum(tokens.prompt_tokens(json.loads(x)["body"]["messages"]) for x in lines)
+
+
+@pytest.mark.parametrize("module", [batch_queue, tokens])
+def test_doctests(module):
+    result = doctest.testmod(module)
+    assert result.failed == 0 and result.attempted > 0
