@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/bench_generate_scale.py                              # 100k requests, both modes
     .venv/bin/python benchmarks/bench_generate_scale.py --requests 5000 --modes servers,batch
+    .venv/bin/python benchmarks/bench_generate_scale.py --requests 20000 --file-requests 2000 \
+        --modes batch,queue-known,queue-learned                                     # under a queue limit
 
 Each mode runs `synthembed.generation.pipeline.generate` on the same plan (six groups, fresh run directory, fresh
 stand-ins in their own processes, so their work is not billed to the client) at the same server capacity:
@@ -9,7 +11,11 @@ stand-ins in their own processes, so their work is not billed to the client) at 
   (one comma-separated --base-url list: generation/endpoints.py); capacity servers x concurrency / latency requests/s;
 - batch: one stand-in serving the files and batches endpoints, answering servers x concurrency lines at once, each after
   --latency seconds (testing/batch_api.py), the run polling every --poll seconds (generation/batch.py): the same
-  capacity, plus the wait for the last poll.
+  capacity, plus the wait for the last poll;
+- queue-known, queue-learned: batch mode against a stand-in whose queue holds --queue-limit input tokens (default: four
+  files of --file-requests requests, by the plan's estimated prompt tokens), refusing a batch over it as OpenAI does
+  (token_limit_exceeded); the run is told the limit (--enqueued-token-limit: files at a quarter of it), or learns it
+  from the refusals (generation/batch_queue.py). Printed besides: the refusals.
 Printed per mode: wall time (end to end and the generation stage), the generation stage's rate as a ratio to the servers'
 capacity (target >= 0.9: the client is never the bottleneck), CPU per example (this process plus its judging workers),
 the stand-ins' CPU per request (their own processes), and resident memory sampled through the run (at a quarter, half, three quarters and the end of the generation stage:
@@ -36,6 +42,7 @@ from synthembed.generation import rundir
 from synthembed.generation.backends import make_backend
 from synthembed.generation.batch import OpenAIBatchBackend
 from synthembed.generation.batch_files import BatchLimits
+from synthembed.generation.estimate import estimate_plan
 from synthembed.generation.pipeline import generate
 from synthembed.generation.plan import GenerateConfig
 
@@ -46,6 +53,7 @@ import sys, time
 from synthembed.testing.loopback import LoopbackServer
 server = LoopbackServer(port=int(sys.argv[1]), latency=float(sys.argv[2]))
 server.batch_api.lines_in_parallel = int(sys.argv[3])
+server.batch_api.faults.enqueued_token_limit = int(sys.argv[4])
 server.start()
 print("ready", flush=True)
 while True:
@@ -59,10 +67,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start_server(latency: float, lines_in_parallel: int) -> tuple[subprocess.Popen, str]:
+def _start_server(latency: float, lines_in_parallel: int, queue_limit: int = 0) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port), str(latency), str(lines_in_parallel)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port), str(latency), str(lines_in_parallel),
+                             str(queue_limit)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
     proc.stdout.readline()  # "ready": listening
     return proc, f"http://127.0.0.1:{port}/v1"
 
@@ -96,12 +104,15 @@ class MemorySampler:
 
 def run_mode(mode: str, config: GenerateConfig, args, scratch: Path) -> dict:
     capacity = args.servers * args.concurrency
-    servers = [_start_server(args.latency, capacity) for _ in range(1 if mode == "batch" else args.servers)]
+    batch = mode != "servers"
+    queue_limit = args.queue_limit if mode.startswith("queue") else 0
+    servers = [_start_server(args.latency, capacity, queue_limit) for _ in range(1 if batch else args.servers)]
     out = scratch / mode
     try:
-        if mode == "batch":
+        if batch:
             backend = OpenAIBatchBackend(out, base_url=servers[0][1], markers=True, poll_interval=args.poll,
-                                         progress=False, limits=BatchLimits(max_requests=args.file_requests))  # fmt: skip
+                                         progress=False, limits=BatchLimits(max_requests=args.file_requests),
+                                         token_limit=queue_limit if mode == "queue-known" else None)  # fmt: skip
         else:
             backend = make_backend("openai", base_url=",".join(url for _, url in servers),
                                    concurrency=args.concurrency, timeout=60.0)  # fmt: skip
@@ -120,7 +131,8 @@ def run_mode(mode: str, config: GenerateConfig, args, scratch: Path) -> dict:
             proc.wait()
     requests = stats["requests"]["generate_planned"]
     # batch mode: how long after the last batch was seen ended the run finished (its import, judging and writing)
-    ended = [e["ended_at"] for e in rundir.read_batches(out)["batches"] if e.get("ended_at")]
+    entries = rundir.read_batches(out)["batches"]
+    ended = [e["ended_at"] for e in entries if e.get("ended_at")]
     tail = finished - max(ended) if ended else None
     generate_s = stats["session"]["generate_s"]
     start = wall0 + stats["session"]["brainstorm_s"]
@@ -139,6 +151,8 @@ def run_mode(mode: str, config: GenerateConfig, args, scratch: Path) -> dict:
         "rss_mb": rss,
         "peak_mb": max(s[1] for s in memory.samples) / 2**20,
         "tail_s": tail,
+        "refused": sum(len(e.get("refused", [])) for e in entries),
+        "files": len(entries),
     }
 
 
@@ -152,7 +166,9 @@ def main() -> None:
     parser.add_argument("--file-requests", type=int, default=BatchLimits().max_requests,
                         help="requests per batch file (batch mode; default synthembed's 10,000, at most the API's "
                              "50,000): the last file is judged after every batch has ended, so this sets the run's tail")
-    parser.add_argument("--modes", default="servers,batch")
+    parser.add_argument("--modes", default="servers,batch", help="servers, batch, queue-known, queue-learned")
+    parser.add_argument("--queue-limit", type=int, default=None,
+                        help="the queue modes' enqueued-token limit (default: four files' estimated prompt tokens)")
     parser.add_argument("--keep", default=None, help="keep the run directories here")
     args = parser.parse_args()
     os.environ.pop("OPENAI_API_KEY", None)
@@ -161,6 +177,12 @@ def main() -> None:
                             languages=LANGUAGES, seed=0)  # fmt: skip
     scratch = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-scale-"))
     capacity = args.servers * args.concurrency / args.latency
+    if args.queue_limit is None:  # four files' worth of the plan's estimated prompt tokens
+        estimate = estimate_plan(config)
+        per_request = sum(s.total_prompt for s in estimate.generation.values()) / sum(
+            s.requests for s in estimate.generation.values()
+        )
+        args.queue_limit = int(4 * args.file_requests * per_request)
     rows = []
     try:
         for mode in args.modes.split(","):
@@ -183,6 +205,8 @@ def main() -> None:
             f"example (client) and {r['server_cpu_ms_per_request']:.2f} ms per request (stand-ins); RSS "
             f"{'/'.join(f'{mb:.0f}' for mb in r['rss_mb'])} MB at 25/50/75/100% of generation, peak {r['peak_mb']:.0f} MB"
             + (f"; {r['tail_s']:.1f} s from the last batch's end to the run's" if r["tail_s"] is not None else "")
+            + (f"; {r['files']} files, {r['refused']} refused by the queue limit of {args.queue_limit:,} tokens"
+               if r["mode"].startswith("queue") else "")  # fmt: skip
         )
     print("target: ratio >= 0.9 (the client is never the bottleneck), RSS flat as the run grows")
 

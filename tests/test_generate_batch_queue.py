@@ -12,8 +12,9 @@ import pytest
 from synthembed.errors import SynthembedError
 from synthembed.generation import batch_queue, rundir, tokens
 from synthembed.generation.batch import OpenAIBatchBackend
-from synthembed.generation.batch_files import BatchLimits
+from synthembed.generation.batch_files import BatchFileWriter, BatchLimits
 from synthembed.generation.batch_queue import EnqueuedTokens, file_token_cap
+from synthembed.generation.llm import ChatRequest, run_async
 from synthembed.generation.pipeline import generate
 from synthembed.generation.plan import GenerateConfig
 from synthembed.testing.batch_api import BatchFaults
@@ -162,3 +163,35 @@ def test_file_input_tokens_are_the_sum_of_the_prompts_estimates(tmp_path):
 def test_doctests(module):
     result = doctest.testmod(module)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_a_lost_create_reply_is_found_past_the_first_page_of_batches(tmp_path):
+    """A kill between batches.create and its record: the rerun looks for the batch by its input file, newest first,
+    page by page back to the upload, so 150 later batches of the account (refusals leave one each) do not hide it."""
+    with LoopbackServer() as server:
+        backend = OpenAIBatchBackend(tmp_path, base_url=server.base_url, markers=True, poll_interval=0.02,
+                                     progress=False)  # fmt: skip
+        jobs, client = backend.jobs, backend._client
+
+        async def session():
+            jobs.load()
+            writer = BatchFileWriter(jobs.folder, "t", BatchLimits(max_requests=1), jobs.record)
+            writer.add(ChatRequest("loopback", [{"role": "user", "content": "Write one sentence."}], seed=1))
+            writer.close()
+            await jobs.send(1)
+            first = jobs.entry(1)["batch_id"]
+            jobs.entry(1).update(batch_id=None, status="written")  # the reply lost to a kill
+            other = await client.files.create(file=("other.jsonl", jobs_file_bytes()), purpose="batch")
+            for _ in range(150):
+                await client.batches.create(input_file_id=other.id, endpoint="/v1/chat/completions",
+                                            completion_window="24h")  # fmt: skip
+            await jobs.send(1)
+            found = jobs.entry(1)["batch_id"]
+            await backend.aclose()
+            return first, found
+
+        def jobs_file_bytes() -> bytes:
+            return rundir.batch_input_path(tmp_path, jobs.entry(1)["file"]).read_bytes()
+
+        first, found = run_async(session())
+        assert found == first and server.batch_api.created == 151

@@ -144,13 +144,10 @@ class BatchJobs:
             async with self._uploading:  # the client holds a file whole (and its multipart copy) while it uploads
                 uploaded = await self.call(self._client.files.create(file=(path.name, path.read_bytes()),
                                                                      purpose="batch"))  # fmt: skip
-            entry["input_file_id"] = uploaded.id
+            entry.update(input_file_id=uploaded.id, uploaded_at=time.time())
             self.save()
         else:  # uploaded by an earlier session: perhaps submitted too, with the reply lost to a kill
-            page = await self.call(self._client.batches.list(limit=100))
-            refused = set(entry.get("refused", ()))  # batches of this file the queue limit turned away
-            found = next((b for b in page.data if b.input_file_id == entry["input_file_id"] and b.id not in refused),
-                         None)  # fmt: skip
+            found = await self._submitted_before(entry)
             if found is not None:
                 entry.update(batch_id=found.id, status=found.status)
                 self.save()
@@ -171,6 +168,23 @@ class BatchJobs:
         self.submitted += 1
         entry.update(batch_id=batch.id, status=batch.status, submitted_at=time.time())
         self.save()
+
+    async def _submitted_before(self, entry: dict[str, Any]) -> Any:
+        """The batch made from `entry`'s uploaded file and not refused (a reply lost to a kill), else None: the account's
+        batches are listed newest first, page by page, back to the upload (or the newest 100 where its time was not
+        recorded): refusals leave a failed batch each, so the one sought may be far down the list."""
+        refused = set(entry.get("refused", ()))  # batches of this file the queue limit turned away
+        since = entry.get("uploaded_at")
+        with self.api_errors():
+            seen = 0
+            async for batch in self._client.batches.list(limit=100):
+                if batch.input_file_id == entry["input_file_id"] and batch.id not in refused:
+                    return batch
+                seen += 1
+                # listed newest first: one created before the upload (a minute's clock skew allowed) ends the search
+                if (since is None and seen >= 100) or (since is not None and batch.created_at < since - 60):
+                    return None
+        return None
 
     @contextlib.contextmanager
     def api_errors(self):

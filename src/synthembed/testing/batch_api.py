@@ -33,6 +33,7 @@ import hashlib
 import json
 import re
 import time
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,7 +108,8 @@ class BatchAPI:
 
     # --- routing ----------------------------------------------------------------------------------------------------
 
-    async def route(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict, Any]:
+    async def route(self, method: str, path: str, headers: dict[str, str], body: bytes,
+                    query: str = "") -> tuple[int, dict, Any]:
         kind, ident, action = _ROUTE.match(path).groups()
         if kind == "files":
             if method == "POST" and ident is None:
@@ -118,18 +120,7 @@ class BatchAPI:
         if method == "POST" and ident is None:
             return self._create(body)
         if method == "GET" and ident is None:
-            data = sorted(self.batches.values(), key=lambda b: b["created_at"], reverse=True)
-            return (
-                200,
-                {},
-                {
-                    "object": "list",
-                    "data": data,
-                    "first_id": data[0]["id"] if data else None,
-                    "last_id": data[-1]["id"] if data else None,
-                    "has_more": False,
-                },
-            )
+            return 200, {}, self._list(urllib.parse.parse_qs(query))
         batch = self.batches.get(ident or "")
         if batch is None:
             return 404, {}, _error(f"no such batch: {ident}", "not_found")
@@ -139,6 +130,16 @@ class BatchAPI:
                 batch["cancelling_at"] = int(time.time())
             return 200, {}, batch
         return (200, {}, batch) if method == "GET" and action is None else (404, {}, _error("no route", "not_found"))
+
+    def _list(self, query: dict[str, list[str]]) -> dict[str, Any]:
+        """A page of batches, newest first, as OpenAI pages them: `limit` (default 20) after the id `after`."""
+        newest_first = list(reversed(self.batches.values()))  # created in this order, with a one-second clock
+        limit = int((query.get("limit") or ["20"])[0])
+        after = (query.get("after") or [None])[0]
+        start = next((i + 1 for i, b in enumerate(newest_first) if b["id"] == after), 0) if after else 0
+        page = newest_first[start : start + limit]
+        return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None, "has_more": start + limit < len(newest_first)}  # fmt: skip
 
     def _upload(self, content_type: str, body: bytes) -> tuple[int, dict, Any]:
         parts = _multipart(content_type, body)

@@ -180,7 +180,8 @@ class LoopbackServer:
                 method, path, _ = (lines[0].split(" ") + ["", ""])[:3]
                 headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
                 body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
-                status, extra, payload = await self._route(method, path.split("?")[0], headers, body, raw=True)
+                path, _, query = path.partition("?")
+                status, extra, payload = await self._route(method, path, headers, body, raw=True, query=query)
                 raw = payload if isinstance(payload, RawReply) else None
                 # bytes: a file's content (batch_api), sent as it is
                 data = raw.body if raw else payload if isinstance(payload, bytes) else json.dumps(payload, ensure_ascii=False).encode("utf-8")
@@ -205,11 +206,11 @@ class LoopbackServer:
                 pass
 
     async def _route(self, method: str, path: str, headers: dict[str, str],
-                     body: bytes, raw: bool = False) -> tuple[int, dict[str, str], Any]:
+                     body: bytes, raw: bool = False, query: str = "") -> tuple[int, dict[str, str], Any]:
         """(status, extra headers, payload). `raw`: the caller owns the socket (_handle), so a chat reply comes back as
         a RawReply (bytes, its raw fault, its log record); else (a batch line) as a dict, never with a raw fault."""
         if self.batch_api.handles(path):
-            return await self.batch_api.route(method, path, headers, body)
+            return await self.batch_api.route(method, path, headers, body, query)
         if method == "GET" and path.rstrip("/").endswith("/models"):
             return 200, {}, {"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "loopback"}]}
         if method != "POST" or not path.rstrip("/").endswith("/chat/completions"):
