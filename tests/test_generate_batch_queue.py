@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import doctest
 import json
+import re
 
 import pytest
 
+from synthembed.cli import main
 from synthembed.errors import SynthembedError
 from synthembed.generation import batch_queue, rundir, tokens
 from synthembed.generation.batch import OpenAIBatchBackend
 from synthembed.generation.batch_files import BatchFileWriter, BatchLimits
 from synthembed.generation.batch_queue import EnqueuedTokens, file_token_cap
+from synthembed.generation.estimate import estimate_plan
 from synthembed.generation.llm import ChatRequest, run_async
 from synthembed.generation.pipeline import generate
 from synthembed.generation.plan import GenerateConfig
@@ -195,3 +198,25 @@ def test_a_lost_create_reply_is_found_past_the_first_page_of_batches(tmp_path):
 
         first, found = run_async(session())
         assert found == first and server.batch_api.created == 151
+
+
+def test_plan_only_sizes_the_batch_files_under_the_queue_limit(tmp_path, capsys):
+    """--plan-only with --enqueued-token-limit: files of as many requests as a quarter of the limit holds, by the
+    plan's mean prompt tokens; without it, the tokens of a full file (what a limit must hold)."""
+    argv = ["generate", "--out", str(tmp_path / "never"), "--plan-only", "--model", "gpt-4o-mini", "--tasks-per-type",
+            "3", "--examples-per-group", "sts=1000,bitext=500", "--task-types", "sts,bitext"]  # fmt: skip
+    assert main(argv) == 0
+    plain = capsys.readouterr().out
+    assert main([*argv, "--enqueued-token-limit", "100000"]) == 0
+    limited = capsys.readouterr().out
+    config = GenerateConfig(model="gpt-4o-mini", tasks_per_type=3, examples_per_group="sts=1000,bitext=500",
+                            task_types=("sts", "bitext"))  # fmt: skip
+    estimate = estimate_plan(config)
+    stages = [*estimate.brainstorm.values(), *estimate.generation.values()]
+    per_request = sum(s.total_prompt for s in stages) / sum(s.requests for s in stages)
+    per_file = int(re.search(r"in files of ([\d,]+)", limited).group(1).replace(",", ""))
+    assert per_file * per_request <= 25_000 < (per_file + 1) * per_request
+    files = {name: int(re.search(r"in about ([\d,]+) batch file", text).group(1)) for name, text in
+             (("plain", plain), ("limited", limited))}  # fmt: skip
+    assert files["plain"] == 1 and files["limited"] == -(-sum(s.requests for s in stages) // per_file)
+    assert "a full file is about" in plain and not (tmp_path / "never").exists()

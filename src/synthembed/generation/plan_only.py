@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ..errors import SynthembedError
 from . import rundir
-from .batch_files import BatchLimits
+from .batch_files import FILE_REQUESTS, BatchLimits
+from .batch_queue import file_token_cap
 from .cost import load_prices
 from .estimate import BATCH_PRICE_FACTOR, SAMPLE_PROMPTS, TOKENS_PER_WORD, GpuThroughput, PlanEstimate, estimate_plan
 from .plan import GenerateConfig
@@ -32,8 +33,10 @@ def _usd(value: float | None) -> str:
     return "n/a (no price)" if value is None else f"${value:,.2f}"
 
 
-def format_estimate(estimate: PlanEstimate, max_requests_per_file: int, max_bytes_per_file: int) -> str:
-    """The plan as text: a row per group and stage, the models, and the cost per backend."""
+def format_estimate(estimate: PlanEstimate, max_requests_per_file: int, max_bytes_per_file: int,
+                    token_limit: int | None = None) -> str:  # fmt: skip
+    """The plan as text: a row per group and stage, the models, and the cost per backend (`token_limit`: the Batch
+    API's enqueued-token limit, where given)."""
     config, costs, gpu = estimate.config, estimate.costs, estimate.costs["gpu"]
     lines = [
         f"plan: {', '.join(config.task_types)}; {len(config.languages)} language(s); seed {config.seed}; "
@@ -71,15 +74,26 @@ def format_estimate(estimate: PlanEstimate, max_requests_per_file: int, max_byte
             f"{model:<24} {_n(row['requests']):>10} {_tokens(row['prompt_tokens']):>11} "
             f"{_tokens(row['completion_tokens']):>11} {_usd(cost['list_usd']):>14} {_usd(cost['batch_usd']):>14}"
         )
+    per_request = prompt / max(1, requests)
+    file_cap = file_token_cap(token_limit)
+    if file_cap is not None:  # files written under a share of the limit hold fewer requests
+        max_requests_per_file = max(1, min(max_requests_per_file, int(file_cap / per_request)))
     files = max(
         math.ceil(requests / max_requests_per_file), math.ceil(requests * estimate.prompt_bytes / max_bytes_per_file)
     )
+    if token_limit is None:
+        queue = (f"a full file is about {_tokens(max_requests_per_file * per_request)} prompt tokens: an enqueued-token "
+                 "limit below that refuses it (--enqueued-token-limit writes files under a quarter of yours)")  # fmt: skip
+    else:
+        queue = (f"under the enqueued-token limit of {_n(token_limit)}: at most about {_n(token_limit / per_request)} "
+                 f"requests queued at once, in files of {_n(max_requests_per_file)}")  # fmt: skip
     lines += [
         "",
         "cost per backend:",
         f"  openai        list price          {_usd(costs['list_usd'])}",
         f"  openai-batch  batch price (x{BATCH_PRICE_FACTOR:g})  {_usd(costs['batch_usd'])}   "
         f"in about {files} batch file(s) of <= {max_requests_per_file:,} requests and <= {max_bytes_per_file / 1e6:.0f} MB",
+        f"                {queue}",
         f"  self-hosted   {costs['gpu_hours']:,.1f} GPU-hours = {_usd(costs['gpu_usd'])} at "
         f"{gpu['output_tokens_per_s']:,.0f} generated and {gpu['prefill_tokens_per_s']:,.0f} prompt tokens/s per GPU, "
         f"${gpu['usd_per_hour']:g}/GPU-hour (assumed: --gpu-tokens-per-s, --gpu-prefill-tokens-per-s, --gpu-usd-per-hour)",
@@ -134,6 +148,6 @@ def run_plan(args: argparse.Namespace, config: GenerateConfig) -> int:
         run_tasks[row["task_type"]].append(row["task"])
     prices = load_prices(getattr(args, "prices", None))
     estimate = estimate_plan(config, measured=args.measured, prices=prices, gpu=gpu, run_tasks=run_tasks)
-    limits = BatchLimits()
-    print(format_estimate(estimate, limits.max_requests, limits.max_bytes))
+    limits = BatchLimits(max_requests=getattr(args, "batch_file_requests", None) or FILE_REQUESTS)
+    print(format_estimate(estimate, limits.max_requests, limits.max_bytes, getattr(args, "enqueued_token_limit", None)))
     return 0
