@@ -4,6 +4,7 @@ on the rerun. Against the stand-in's batches endpoint, which refuses as OpenAI d
 
 from __future__ import annotations
 
+import asyncio
 import doctest
 import json
 import re
@@ -16,8 +17,9 @@ from synthembed.generation import batch_queue, rundir, tokens
 from synthembed.generation.batch import OpenAIBatchBackend
 from synthembed.generation.batch_files import BatchFileWriter, BatchLimits
 from synthembed.generation.batch_queue import EnqueuedTokens, file_token_cap
+from synthembed.generation.cache import ResponseCache
 from synthembed.generation.estimate import estimate_plan
-from synthembed.generation.llm import ChatRequest, run_async
+from synthembed.generation.llm import ChatRequest, LLMClient, run_async
 from synthembed.generation.pipeline import generate
 from synthembed.generation.plan import GenerateConfig
 from synthembed.testing.batch_api import BatchFaults
@@ -140,11 +142,17 @@ def test_the_cap_learns_from_refusals():
     # refused with two files of 100 in flight: two fit, three did not
     assert queue.refused(3, 100, "token_limit_exceeded", alone_before=0) is None
     assert queue.cap == 299 and not queue.fits(100) and queue.fits(99)
+    # a batch that ran gives back a quarter of its tokens: load the run cannot see comes and goes
+    queue.ended(1, accepted=True)
+    assert queue.cap == 299 + 25 and queue.in_flight == {2: 100}
+    queue.running(1, 100)
     # a named limit above what was learned does not raise the cap; one below lowers it
     queue.refused(4, 100, "Limit: 1,000 enqueued tokens.", alone_before=0)
     assert queue.cap == 299 and queue.named == 1000
     queue.refused(5, 100, "Limit: 150 enqueued tokens.", alone_before=0)
     assert queue.cap == 150
+    queue.ended(1, accepted=True)  # learned back up to the named limit: the named one alone holds
+    assert queue.learned is None and queue.cap == 150
     # alone: wait, doubling, at most MAX_WAIT
     lone = EnqueuedTokens(retry_interval=30.0)
     assert [lone.refused(1, 10, "x", k) for k in (0, 1, 2, 10)] == [30.0, 60.0, 120.0, batch_queue.MAX_WAIT]
@@ -159,7 +167,9 @@ def test_file_input_tokens_are_the_sum_of_the_prompts_estimates(tmp_path):
         assert _run(out, server)["complete"]
     for entry in rundir.read_batches(out)["batches"]:
         lines = rundir.batch_input_path(out, entry["file"]).read_text().splitlines()
-        assert entry["input_tokens"] == sum(tokens.prompt_tokens(json.loads(x)["body"]["messages"]) for x in lines)
+        assert entry["input_tokens"] == sum(
+            tokens.prompt_tokens(json.loads(x)["body"]["messages"], tokens.bytes_counter) for x in lines
+        )
 
 
 @pytest.mark.parametrize("module", [batch_queue, tokens])
@@ -169,35 +179,44 @@ def test_doctests(module):
 
 
 def test_a_lost_create_reply_is_found_past_the_first_page_of_batches(tmp_path):
-    """A kill between batches.create and its record: the rerun looks for the batch by its input file, newest first,
-    page by page back to the upload, so 150 later batches of the account (refusals leave one each) do not hide it."""
-    with LoopbackServer() as server:
-        backend = OpenAIBatchBackend(tmp_path, base_url=server.base_url, markers=True, poll_interval=0.02,
-                                     progress=False)  # fmt: skip
-        jobs, client = backend.jobs, backend._client
+    """A kill between batches.create and its record: the next session looks for the batch by its input file, newest
+    first, page by page back to the upload, so 150 later batches of the account (refusals leave one each) do not hide
+    it."""
 
-        async def session():
+    def backend() -> OpenAIBatchBackend:
+        return OpenAIBatchBackend(tmp_path, base_url=server.base_url, markers=True, poll_interval=0.02, progress=False)
+
+    with LoopbackServer() as server:
+
+        async def killed_session() -> tuple[str, str]:
+            first = backend()
+            jobs = first.jobs
             jobs.load()
             writer = BatchFileWriter(jobs.folder, "t", BatchLimits(max_requests=1), jobs.record)
             writer.add(ChatRequest("loopback", [{"role": "user", "content": "Write one sentence."}], seed=1))
             writer.close()
             await jobs.send(1)
-            first = jobs.entry(1)["batch_id"]
-            jobs.entry(1).update(batch_id=None, status="written")  # the reply lost to a kill
-            other = await client.files.create(file=("other.jsonl", jobs_file_bytes()), purpose="batch")
+            made = jobs.entry(1)["batch_id"]
+            jobs.entry(1).update(batch_id=None, status="written")  # the reply lost to the kill
+            jobs.save()
+            path = rundir.batch_input_path(tmp_path, jobs.entry(1)["file"])
+            other = await first._client.files.create(file=("other.jsonl", path.read_bytes()), purpose="batch")
             for _ in range(150):
-                await client.batches.create(input_file_id=other.id, endpoint="/v1/chat/completions",
-                                            completion_window="24h")  # fmt: skip
-            await jobs.send(1)
-            found = jobs.entry(1)["batch_id"]
-            await backend.aclose()
-            return first, found
+                await first._client.batches.create(input_file_id=other.id, endpoint="/v1/chat/completions",
+                                                   completion_window="24h")  # fmt: skip
+            await first.aclose()
+            return made
 
-        def jobs_file_bytes() -> bytes:
-            return rundir.batch_input_path(tmp_path, jobs.entry(1)["file"]).read_bytes()
+        async def next_session() -> str:
+            second = backend()
+            await second.jobs.send(1)
+            found = second.jobs.entry(1)["batch_id"]
+            await second.aclose()
+            return found
 
-        first, found = run_async(session())
-        assert found == first and server.batch_api.created == 151
+        made = run_async(killed_session())
+        found = run_async(next_session())
+        assert found == made and server.batch_api.created == 151
 
 
 def test_plan_only_sizes_the_batch_files_under_the_queue_limit(tmp_path, capsys):
@@ -220,3 +239,98 @@ def test_plan_only_sizes_the_batch_files_under_the_queue_limit(tmp_path, capsys)
              (("plain", plain), ("limited", limited))}  # fmt: skip
     assert files["plain"] == 1 and files["limited"] == -(-sum(s.requests for s in stages) // per_file)
     assert "a full file is about" in plain and not (tmp_path / "never").exists()
+
+
+# --- API failures under a limit: nothing stays counted in the queue that the run no longer watches -------------------
+
+
+def _prefetch(tmp_path, server, requests, **kwargs):
+    """Answer `requests` through batches of one request each into a fresh cache, within 20 s; (backend, cache)."""
+    backend = OpenAIBatchBackend(tmp_path, base_url=server.base_url, markers=True, poll_interval=0.02, progress=False,
+                                 limits=BatchLimits(max_requests=1), **kwargs)  # fmt: skip
+    backend.api_backoff = 0.01
+    backend._client = backend.jobs._client = backend._client.with_options(max_retries=0)
+    client = LLMClient(backend, cache=ResponseCache(tmp_path / "cache.sqlite"))
+
+    async def session():
+        try:
+            await asyncio.wait_for(backend.prefetch(client, requests), timeout=20)
+        finally:
+            await backend.aclose()
+
+    run_async(session())
+    return backend, client.cache
+
+
+def _sentences(count: int) -> list[ChatRequest]:
+    return [ChatRequest("loopback", [{"role": "user", "content": f"Write sentence {i} " + "x" * 400}], seed=i)
+            for i in range(count)]  # fmt: skip
+
+
+def test_a_failed_create_under_a_limit_is_sent_again_and_blocks_nothing(tmp_path):
+    """batches.create fails (500, nothing made) for the first file; with room for one file at a time, the others wait
+    for it, it is sent again, and every request is answered with no refusal."""
+    requests = _sentences(4)
+    one = tokens.prompt_tokens(requests[0].messages, tokens.bytes_counter)
+    with LoopbackServer(latency=0.1) as server:
+        server.batch_api.faults = BatchFaults(enqueued_token_limit=int(1.5 * one), fail_creates=1)
+        backend, cache = _prefetch(tmp_path, server, requests, token_limit=int(1.5 * one))
+        api = server.batch_api
+    assert all(cache.has(r.key()) for r in requests) and not backend.final
+    assert api.refused == 0 and api.created == 4 and backend.jobs.queue.in_flight == {}
+
+
+def test_a_batch_given_up_after_api_failures_frees_its_room(tmp_path, monkeypatch):
+    """The first batch's status cannot be read (retrieve fails past the retries): its lines fail in this session and
+    its room goes to the next file, which would otherwise wait for good."""
+    monkeypatch.setattr("synthembed.generation.batch.API_RETRIES", 1)
+    requests = _sentences(2)
+    one = tokens.prompt_tokens(requests[0].messages, tokens.bytes_counter)
+    with LoopbackServer(latency=0.1) as server:
+        server.batch_api.faults = BatchFaults(fail_retrieves=2)  # both tries at the first batch
+        backend, cache = _prefetch(tmp_path, server, requests, token_limit=int(1.5 * one))
+    assert set(backend.final) == {requests[0].key()} and cache.has(requests[1].key())
+    assert backend.jobs.queue.in_flight == {}
+
+
+def test_over_the_cap_a_submitted_file_is_kept_and_an_unsent_one_written_anew(tmp_path):
+    """A rerun under a limit gives up the files over a quarter of it that were never submitted; one whose create reply
+    was lost to the kill is found among the account's batches and kept (giving it up would pay its requests twice)."""
+    requests = _sentences(6)
+    one = tokens.prompt_tokens(requests[0].messages, tokens.bytes_counter)
+
+    def backend(**kwargs) -> OpenAIBatchBackend:
+        return OpenAIBatchBackend(tmp_path, base_url=server.base_url, markers=True, poll_interval=0.02,
+                                  progress=False, **kwargs)  # fmt: skip
+
+    with LoopbackServer() as server:
+        server.batch_api.faults = BatchFaults(hold_batches=1)
+
+        async def killed_session() -> str:
+            first = backend()
+            jobs = first.jobs
+            jobs.load()
+            writer = BatchFileWriter(jobs.folder, "t", BatchLimits(max_requests=3), jobs.record)
+            for request in requests:
+                writer.add(request)
+            writer.close()  # files 1 and 2, three requests each
+            await jobs.send(1)
+            made = jobs.entry(1)["batch_id"]
+            jobs.entry(1).update(batch_id=None, status="written")  # the reply lost to the kill; file 2 never sent
+            jobs.save()
+            await first.aclose()
+            return made
+
+        async def rerun() -> list[dict]:
+            second = backend(token_limit=4 * one)  # a file may hold one request's tokens
+            second.jobs.load()
+            await second.jobs.rewrite_over_cap()
+            entries = [dict(e) for e in second.jobs.load()["batches"]]
+            await second.aclose()
+            return entries
+
+        made = run_async(killed_session())
+        entries = run_async(rerun())
+        server.batch_api.release()
+    assert entries[0]["batch_id"] == made and not entries[0]["imported"]
+    assert entries[1]["status"] == "rewritten" and entries[1]["imported"] and entries[1]["batch_id"] is None

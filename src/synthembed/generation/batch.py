@@ -172,21 +172,25 @@ class OpenAIBatchBackend:
 
     async def _collect_with_retries(self, n: int, *args) -> None:
         """_collect, tried again with backoff while the API fails; after API_RETRIES the batch's lines get the error
-        as their answer in this session (a rerun polls the same batch)."""
-        for attempt in range(API_RETRIES + 1):
-            try:
-                return await self._collect(n, *args)
-            except BatchNotRun:
-                self.not_sent = self.not_sent or "batch_files"  # its requests wait for `vllm run-batch` and a rerun
-                return None
-            except RetryableError as err:
-                if attempt == API_RETRIES:
-                    entry = self.jobs.entry(n)
-                    for obj in iter_input_lines(rundir.batch_input_path(self.state_dir, entry["file"])):
-                        if self.jobs.index.get(obj["custom_id"]) == n:
-                            self.final[obj["custom_id"]] = LLMError(f"batch {n} ({entry['file']}): {err}", err.kind)
+        as their answer in this session (a rerun polls the same batch). However it ends, the batch no longer counts
+        against the enqueued-token limit in this session: nothing would see it end."""
+        try:
+            for attempt in range(API_RETRIES + 1):
+                try:
+                    return await self._collect(n, *args)
+                except BatchNotRun:
+                    self.not_sent = self.not_sent or "batch_files"  # its requests wait for `vllm run-batch` and a rerun
                     return None
-                await asyncio.sleep(min(60.0, self.api_backoff * 2**attempt))
+                except RetryableError as err:
+                    if attempt == API_RETRIES:
+                        entry = self.jobs.entry(n)
+                        for obj in iter_input_lines(rundir.batch_input_path(self.state_dir, entry["file"])):
+                            if self.jobs.index.get(obj["custom_id"]) == n:
+                                self.final[obj["custom_id"]] = LLMError(f"batch {n} ({entry['file']}): {err}", err.kind)
+                        return None
+                    await asyncio.sleep(min(60.0, self.api_backoff * 2**attempt))
+        finally:
+            self.jobs.queue.ended(n)
 
     async def _collect(self, n: int, round_index: int, sink: Any, writers: dict[int, BatchFileWriter],
                        skip: Callable[[str], bool] | None, durable: bool) -> None:  # fmt: skip
@@ -252,6 +256,7 @@ class OpenAIBatchBackend:
         follow-ups. Round 0 is the requests themselves, round r the lines that failed in round r - 1 (an earlier
         session's batches count as round -1). True where `over_budget` stopped a submission."""
         self.jobs.load()
+        await self.jobs.rewrite_over_cap()
         self._writers += 1
         ready: dict[int, list[int]] = {r: [] for r in range(self.resubmits + 1)}
         limits = self.jobs.file_limits(self.limits)  # under the enqueued-token limit, where one is known

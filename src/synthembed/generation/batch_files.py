@@ -29,7 +29,7 @@ from ..errors import SynthembedError
 from ..taskgroups import MARKER_HEADER
 from . import rundir
 from .llm import ChatRequest, ChatResponse, LLMError, RetryableError
-from .tokens import prompt_tokens
+from .tokens import bytes_counter, prompt_tokens
 
 BATCH_ENDPOINT = "/v1/chat/completions"
 INDEX_FILE = "index.sqlite"
@@ -48,7 +48,7 @@ FILE_REQUESTS = 10_000
 class BatchLimits:
     """What one batch file may hold: FILE_REQUESTS requests and 200 MB unless told otherwise, within OpenAI's limits
     (50,000 requests, 200 MB); with `max_tokens`, at most that many input tokens as estimated by tokens.prompt_tokens
-    (a share of the provider's enqueued-token limit: batch_queue.py)."""
+    at the byte rule (a share of the provider's enqueued-token limit: batch_queue.py)."""
 
     max_requests: int = FILE_REQUESTS
     max_bytes: int = API_MAX_BYTES
@@ -183,7 +183,7 @@ class BatchFileWriter:
 
     def add(self, request: ChatRequest) -> bool:
         line = (json.dumps(batch_line(request, self.marker), ensure_ascii=False) + "\n").encode("utf-8")
-        tokens = prompt_tokens(request.messages)
+        tokens = prompt_tokens(request.messages, bytes_counter)  # cheap, and the same wherever the file is written
         max_tokens = self.limits.max_tokens
         if len(line) > self.limits.max_bytes:
             return False

@@ -54,8 +54,9 @@ class BatchJobs:
         self._counts: dict[int, tuple[int, int]] = {}  # batch file number -> (lines answered, lines)
         self.submitted = 0  # batches this session created (the stand-in's tests count them)
         self._uploading = asyncio.Lock()  # one upload at a time: memory is one file's, whatever max_in_flight is
-        self.token_limit = token_limit
         self.queue = EnqueuedTokens(token_limit, retry_interval=poll_interval)
+        self._rewritten = False  # rewrite_over_cap ran this session
+        self._created: set[int] = set()  # files whose batches.create reply this session has: no batch is lost
 
     # --- state: OUT/batches.json, the batch files and their index -------------------------------------------------
 
@@ -64,7 +65,7 @@ class BatchJobs:
         if self._state is None:
             self._state = rundir.read_batches(self.state_dir)
             drop_unfinished(self.folder)
-            self._rewrite_over_cap()
+            self.queue.named = self.queue.named or self._state.get("enqueued_token_limit")
             self.index = BatchIndex(self.folder, [e for e in self._state["batches"] if not e.get("imported")],
                                      self.state_dir)  # fmt: skip
         return self._state
@@ -72,33 +73,31 @@ class BatchJobs:
     def save(self) -> None:
         rundir.write_batches(self.state_dir, self.load())
 
-    def known_limit(self) -> int | None:
-        """The enqueued-token limit: the one given, or the one a refusal named (in this session or an earlier one)."""
-        named = self.queue.named or (self._state or {}).get("enqueued_token_limit")
-        limits = [x for x in (self.token_limit, named) if x]
-        return min(limits) if limits else None
-
     def file_limits(self, limits: BatchLimits) -> BatchLimits:
         """`limits` with the input tokens a file may hold under the known enqueued-token limit."""
-        cap = file_token_cap(self.known_limit())
+        cap = file_token_cap(self.queue.limit)
         if cap is None or (limits.max_tokens is not None and limits.max_tokens <= cap):
             return limits
         return dataclasses.replace(limits, max_tokens=cap)
 
-    def _rewrite_over_cap(self) -> None:
-        """Files not yet run that hold more input tokens than a file may under the known limit are given up (marked
-        imported, so that their requests are written anew, into smaller files: a file alone over the limit is refused
-        for ever)."""
-        state = self._state
-        if state.get("enqueued_token_limit"):
-            self.queue.named = state["enqueued_token_limit"]
-            self.queue.cap = min(x for x in (self.queue.cap, self.queue.named) if x)
-        cap = file_token_cap(self.known_limit())
-        if cap is None:
+    async def rewrite_over_cap(self) -> None:
+        """Files not yet submitted that hold more input tokens than a file may under the known limit are given up
+        (marked imported, so that their requests are written anew, into smaller files: one alone over the limit is
+        refused for ever, and smaller ones run side by side). An uploaded one is first looked for among the account's
+        batches (a create reply lost to a kill): one that was submitted is kept, never given up and sent twice."""
+        cap = file_token_cap(self.queue.limit)
+        if cap is None or self._rewritten:
             return
-        for entry in state["batches"]:
-            if entry["batch_id"] is None and not entry.get("imported") and file_tokens(entry) > cap:
+        self._rewritten = True
+        for entry in self.load()["batches"]:
+            if entry["batch_id"] is not None or entry.get("imported") or file_tokens(entry) <= cap:
+                continue
+            found = await self._submitted_before(entry) if entry["input_file_id"] is not None else None
+            if found is not None:
+                entry.update(batch_id=found.id, status=found.status)
+            else:
                 entry.update(status="rewritten", imported=True)
+        self.save()
 
     def entry(self, n: int) -> dict[str, Any]:
         return self.load()["batches"][n - 1]
@@ -146,7 +145,7 @@ class BatchJobs:
                                                                      purpose="batch"))  # fmt: skip
             entry.update(input_file_id=uploaded.id, uploaded_at=time.time())
             self.save()
-        else:  # uploaded by an earlier session: perhaps submitted too, with the reply lost to a kill
+        elif n not in self._created:  # uploaded by an earlier session: perhaps submitted too, the reply lost to a kill
             found = await self._submitted_before(entry)
             if found is not None:
                 entry.update(batch_id=found.id, status=found.status)
@@ -163,8 +162,9 @@ class BatchJobs:
                 )
             )
         except BaseException:
-            await self.queue.ended(n)
+            self.queue.ended(n)
             raise
+        self._created.add(n)
         self.submitted += 1
         entry.update(batch_id=batch.id, status=batch.status, submitted_at=time.time())
         self.save()
@@ -268,9 +268,9 @@ class BatchJobs:
             if counts is not None:
                 self.show(n, counts.completed + counts.failed, counts.total or entry["requests"])
             if batch.status in TERMINAL:
-                await self.queue.ended(n)
                 message = queue_refusal(batch)
                 if message is None:
+                    self.queue.ended(n, accepted=True)
                     return batch
                 alone = await self._refused(n, batch, message, alone)
                 await self.send(n)
@@ -291,7 +291,7 @@ class BatchJobs:
             return 0
         over = self.queue.named is not None and tokens > self.queue.named  # alone over the limit: never accepted
         if over or alone + 1 >= ALONE_TRIES:
-            limit = self.known_limit()
+            limit = self.queue.limit
             raise SynthembedError(
                 f"batch file {entry['file']} (about {tokens:,} input tokens) was refused {alone + 1} times for the "
                 f"Batch API's enqueued-token limit with nothing else of this run in flight ({message}). Either other "

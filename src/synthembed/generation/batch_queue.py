@@ -78,60 +78,81 @@ def file_token_cap(limit: int | None) -> int | None:
 
 class EnqueuedTokens:
     """The run's batches in flight and the cap on their estimated input tokens (module doc). `limit` is the one given,
-    None while unknown; `retry_interval` the first wait of a batch refused with nothing else in flight."""
+    None while unknown; `retry_interval` the first wait of a batch refused with nothing else in flight.
+
+    The cap is the smaller of the limit (given or named by a refusal) and `learned`: what a refusal showed to be too
+    much, lowered at each refusal and raised by a quarter of a file at each batch that ends after being accepted (load
+    the run cannot see, the organization's other batches, comes and goes), until it reaches the limit again.
+    """
 
     def __init__(self, limit: int | None = None, retry_interval: float = 30.0):
         if limit is not None and int(limit) < 1:
             raise SynthembedError(f"--enqueued-token-limit must be a positive number of tokens, not {limit!r}")
-        self.cap = None if limit is None else int(limit)
+        self.given = None if limit is None else int(limit)
         self.named: int | None = None  # the limit a refusal named
+        self.learned: int | None = None
         self.retry_interval = retry_interval
         self.in_flight: dict[int, int] = {}  # batch file number -> its estimated input tokens
         self.refusals = 0
-        self._changed: asyncio.Condition | None = None  # made on the event loop that first waits
+        self._wake: asyncio.Event | None = None  # set (and replaced) whenever room may have been made
 
-    def _condition(self) -> asyncio.Condition:
-        if self._changed is None:
-            self._changed = asyncio.Condition()
-        return self._changed
+    @property
+    def limit(self) -> int | None:
+        """The enqueued-token limit: the one given, or the one a refusal named, the smaller where both are known."""
+        known = [x for x in (self.given, self.named) if x]
+        return min(known) if known else None
+
+    @property
+    def cap(self) -> int | None:
+        known = [x for x in (self.limit, self.learned) if x]
+        return min(known) if known else None
 
     def fits(self, tokens: int) -> bool:
         """Whether a batch of `tokens` may go now."""
-        return not self.in_flight or self.cap is None or sum(self.in_flight.values()) + tokens <= self.cap
+        cap = self.cap
+        return not self.in_flight or cap is None or sum(self.in_flight.values()) + tokens <= cap
 
     async def room_for(self, n: int, tokens: int) -> None:
         """Wait until batch file `n` fits, then count it as in flight (before its batches.create: the next one to ask
         sees it)."""
-        condition = self._condition()
-        async with condition:
-            await condition.wait_for(lambda: self.fits(tokens))
-            self.in_flight[n] = tokens
+        self.in_flight.pop(n, None)  # never counted against itself
+        while not self.fits(tokens):
+            if self._wake is None:
+                self._wake = asyncio.Event()
+            await self._wake.wait()
+        self.in_flight[n] = tokens
 
     def running(self, n: int, tokens: int) -> None:
         """Batch file `n` is in flight (a batch of an earlier session, found running)."""
         self.in_flight[n] = tokens
 
-    async def ended(self, n: int) -> None:
-        """Batch file `n` is no longer in flight: the batches waiting for room look again."""
-        if self.in_flight.pop(n, None) is not None:
-            condition = self._condition()
-            async with condition:
-                condition.notify_all()
+    def ended(self, n: int, accepted: bool = False) -> None:
+        """Batch file `n` is no longer in flight (`accepted`: it ran; else it was given up, or refused): the batches
+        waiting for room look again."""
+        tokens = self.in_flight.pop(n, None)
+        if tokens is None:
+            return
+        if accepted and self.learned is not None:
+            self.learned += max(1, tokens // 4)
+            if self.limit is not None and self.learned >= self.limit:
+                self.learned = None
+        if self._wake is not None:
+            self._wake.set()
+            self._wake = None
 
     def refused(self, n: int, tokens: int, message: str, alone_before: int) -> float | None:
         """Batch file `n` was refused for the limit (`message`, the API's words). The cap learns from it. Returns how
         many seconds to wait before it goes again where nothing else of the run is in flight (its `alone_before`-th
         such refusal before this one), or None where it is to wait for room instead."""
         self.refusals += 1
-        self.in_flight.pop(n, None)
+        self.ended(n)
         named = named_limit(message)
         if named is not None:
             self.named = named
-            self.cap = named if self.cap is None else min(self.cap, named)
         others = sum(self.in_flight.values())
         if others:
-            # What was in flight fit and this did not: next time it waits until the sum with it is below that.
+            # What was in flight fit and this did not: it waits until the sum with it is below that.
             learned = others + tokens - 1
-            self.cap = learned if self.cap is None else min(self.cap, learned)
+            self.learned = learned if self.learned is None else min(self.learned, learned)
             return None
         return min(MAX_WAIT, self.retry_interval * 2**alone_before)

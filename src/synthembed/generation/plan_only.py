@@ -76,7 +76,7 @@ def format_estimate(estimate: PlanEstimate, max_requests_per_file: int, max_byte
         )
     per_request = prompt / max(1, requests)
     file_cap = file_token_cap(token_limit)
-    if file_cap is not None:  # files written under a share of the limit hold fewer requests
+    if file_cap is not None and per_request > 0:  # files written under a share of the limit hold fewer requests
         max_requests_per_file = max(1, min(max_requests_per_file, int(file_cap / per_request)))
     files = max(
         math.ceil(requests / max_requests_per_file), math.ceil(requests * estimate.prompt_bytes / max_bytes_per_file)
@@ -85,7 +85,8 @@ def format_estimate(estimate: PlanEstimate, max_requests_per_file: int, max_byte
         queue = (f"a full file is about {_tokens(max_requests_per_file * per_request)} prompt tokens: an enqueued-token "
                  "limit below that refuses it (--enqueued-token-limit writes files under a quarter of yours)")  # fmt: skip
     else:
-        queue = (f"under the enqueued-token limit of {_n(token_limit)}: at most about {_n(token_limit / per_request)} "
+        queue = (f"under the enqueued-token limit of {_n(token_limit)}: at most about "
+                 f"{_n(token_limit / max(per_request, 1))} "
                  f"requests queued at once, in files of {_n(max_requests_per_file)}")  # fmt: skip
     lines += [
         "",

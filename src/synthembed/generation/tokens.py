@@ -1,9 +1,10 @@
 """Counting prompt tokens before anything is sent: for the plan's estimate (estimate.py) and for the input tokens a batch
 file puts in the Batch API's queue (batch_files.py, batch_queue.py).
 
-tiktoken's o200k_base (GPT-4o's vocabulary) where the package and its encoding file are here, never downloaded; else one
-token per BYTES_PER_TOKEN UTF-8 bytes, which is close for English and counts too few in scripts that take more tokens
-per byte.
+The plan's estimate counts with tiktoken's o200k_base (GPT-4o's vocabulary) where the package is installed and can load
+its encoding (tiktoken fetches the file once into its own cache; offline and uncached, it cannot); else, and for batch
+files always, one token per BYTES_PER_TOKEN UTF-8 bytes, which is close for English and counts too few in scripts that
+take more tokens per byte.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ CHAT_TURN_TOKENS = 7  # a one-message chat's role and separator tokens, and the 
 
 
 def _tiktoken_counter() -> Callable[[str], int] | None:
-    """tiktoken's o200k_base counter where the package and its encoding file are here (never downloaded), else None."""
+    """tiktoken's o200k_base counter where the package is installed and its encoding loads, else None."""
     try:
         import tiktoken
 

@@ -23,7 +23,8 @@ Scripted faults (BatchFaults):
 - enqueued_token_limit: the organization's batch queue limit: a batch whose input tokens, with those of the batches
   validated and not yet ended, would pass it fails validation with OpenAI's `token_limit_exceeded` error, naming the
   limit. The stand-in counts a line's input tokens as its messages' UTF-8 bytes / `bytes_per_token` plus 7, its own
-  tokenizer: a `bytes_per_token` below the client's estimate (4) counts more tokens than the client expects.
+  tokenizer: a `bytes_per_token` below the client's estimate (4) counts more tokens than the client expects;
+- fail_creates, fail_retrieves: the next N batches.create (nothing is made) or batches.retrieve calls answer 500.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class BatchFaults:
     hold_batches: int = 0
     enqueued_token_limit: int = 0  # 0: none
     bytes_per_token: float = 4.0
+    fail_creates: int = 0
+    fail_retrieves: int = 0
 
 
 def _error(message: str, code: str) -> dict[str, Any]:
@@ -118,6 +121,9 @@ class BatchAPI:
                 return (200, {}, self.contents[ident]) if action == "content" else (200, {}, self.files[ident])
             return 404, {}, _error(f"no such file: {ident}", "not_found")
         if method == "POST" and ident is None:
+            if self.faults.fail_creates > 0:  # refused before anything is made: the client's create fails
+                self.faults.fail_creates -= 1
+                return 500, {}, _error("The server had an error (scripted batches.create)", "server_error")
             return self._create(body)
         if method == "GET" and ident is None:
             return 200, {}, self._list(urllib.parse.parse_qs(query))
@@ -129,6 +135,9 @@ class BatchAPI:
                 batch["status"] = "cancelling"
                 batch["cancelling_at"] = int(time.time())
             return 200, {}, batch
+        if method == "GET" and action is None and self.faults.fail_retrieves > 0:
+            self.faults.fail_retrieves -= 1
+            return 500, {}, _error("The server had an error (scripted batches.retrieve)", "server_error")
         return (200, {}, batch) if method == "GET" and action is None else (404, {}, _error("no route", "not_found"))
 
     def _list(self, query: dict[str, list[str]]) -> dict[str, Any]:
@@ -136,7 +145,7 @@ class BatchAPI:
         newest_first = list(reversed(self.batches.values()))  # created in this order, with a one-second clock
         limit = int((query.get("limit") or ["20"])[0])
         after = (query.get("after") or [None])[0]
-        start = next((i + 1 for i, b in enumerate(newest_first) if b["id"] == after), 0) if after else 0
+        start = next((i + 1 for i, b in enumerate(newest_first) if b["id"] == after), len(newest_first)) if after else 0
         page = newest_first[start : start + limit]
         return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
                 "last_id": page[-1]["id"] if page else None, "has_more": start + limit < len(newest_first)}  # fmt: skip
