@@ -7,7 +7,8 @@ batch then fails validation, with nothing run or billed, and the error
     token_limit_exceeded: Enqueued token limit reached for gpt-4o-mini in organization org-... Limit: 2,000,000
     enqueued tokens. Please try again once some in_progress batches have been completed.
 
-At the paper's scale (500k requests, about 300M prompt tokens) every tier below the top meets it. So a refused batch is
+At the paper's scale (522k requests, about 100M prompt tokens: `generate --plan-only`) the lower tiers meet it, and a
+run's 64 batches of 10,000 requests in flight hold about 128M. So a refused batch is
 not a failure of its lines: the same uploaded file is submitted again once there is room (batch_jobs.BatchJobs.wait),
 and `EnqueuedTokens` decides when that is. It keeps the estimated input tokens (tokens.prompt_tokens, counted as each
 file is written) of the run's batches in flight, and lets a batch go while nothing else of the run is in flight, or
@@ -16,12 +17,15 @@ while the sum with it stays within `cap`:
   and one ends while the others run);
 - the limit a refusal names (and batches.json keeps it, so a rerun writes its new files under it);
 - less, where a refusal came although the estimate said it fit (other batches of the organization, or a tokenizer that
-  counts more than the estimate): the cap drops below what was in flight then plus the refused batch.
+  counts more than the estimate): the cap drops below what was in flight then plus the refused batch, and rises again
+  by a quarter of a file each time an accepted batch ends.
+A batch the run stops watching (given up after API failures, or cancelled) no longer counts: nothing would see it end.
 
 A batch refused with nothing else of the run in flight waits `retry_interval` seconds, doubling (at most MAX_WAIT); after
-ALONE_TRIES such refusals the run stops with a message (a rerun goes on from there): either other batches of the
-organization fill the queue, or the file alone is over the limit, which a rerun with the limit given writes anew in
-smaller files.
+ALONE_TRIES such refusals the run stops with a message (a rerun goes on from there): other batches of the organization
+fill the queue. A file whose estimate alone is over the limit the refusal names stops the run at once: the rerun knows
+the limit (batches.json) and writes the requests of the files not yet submitted that are over FILE_SHARE of it anew, in
+smaller files (BatchJobs.rewrite_over_cap).
 """
 
 from __future__ import annotations
