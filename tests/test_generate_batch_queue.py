@@ -8,6 +8,7 @@ import asyncio
 import doctest
 import json
 import re
+import time
 
 import pytest
 
@@ -117,7 +118,7 @@ def test_a_file_alone_over_the_limit_stops_the_run_and_the_rerun_writes_it_anew(
     out = tmp_path / "run"
     with LoopbackServer(latency=LATENCY) as server:
         server.batch_api.faults = BatchFaults(enqueued_token_limit=400)
-        with pytest.raises(SynthembedError, match=r"refused 1 times .* Limit: 400 enqueued tokens.* written anew"):
+        with pytest.raises(SynthembedError, match=r"batches/\d+\.jsonl holds about .* Limit: 400 enqueued tokens.* never be accepted.* written anew"):
             _run(out, server)
         refused_first = server.batch_api.refused
         assert refused_first >= 1
@@ -334,3 +335,31 @@ def test_over_the_cap_a_submitted_file_is_kept_and_an_unsent_one_written_anew(tm
         server.batch_api.release()
     assert entries[0]["batch_id"] == made and not entries[0]["imported"]
     assert entries[1]["status"] == "rewritten" and entries[1]["imported"] and entries[1]["batch_id"] is None
+
+
+def test_a_queue_full_of_other_batches_stops_the_run_after_a_few_tries_and_the_rerun_goes_on(tmp_path, plain_run):
+    """Another batch of the organization holds the queue: the run's first file is refused with nothing of the run in
+    flight, tried ALONE_TRIES times with waits that double, then the run stops saying so; once the other batch has
+    ended, the rerun finishes with the plain run's data."""
+    import openai
+
+    out = tmp_path / "run"
+    with LoopbackServer(latency=LATENCY) as server:
+        server.batch_api.faults = BatchFaults(enqueued_token_limit=1_000, hold_batches=1)
+        other = openai.OpenAI(base_url=server.base_url, api_key="sk-other", max_retries=0)
+        lines = [{"custom_id": f"other-{i}", "method": "POST", "url": "/v1/chat/completions",
+                  "body": {"model": "loopback", "messages": [{"role": "user", "content": "x" * 800}]}} for i in range(4)]
+        upload = other.files.create(file=("other.jsonl", "".join(json.dumps(x) + "\n" for x in lines).encode()),
+                                    purpose="batch")  # fmt: skip
+        held = other.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+        with pytest.raises(SynthembedError, match=f"refused {batch_queue.ALONE_TRIES} times .* other batches of your"):
+            _run(out, server)
+        assert server.batch_api.refused == batch_queue.ALONE_TRIES
+        server.batch_api.release()
+        deadline = time.monotonic() + 30
+        while other.batches.retrieve(held.id).status != "completed":
+            assert time.monotonic() < deadline, "the other batch never ended"
+            time.sleep(0.05)
+        stats = _run(out, server)
+    assert stats["complete"]
+    _same_data(out, plain_run[0])

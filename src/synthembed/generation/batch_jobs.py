@@ -289,16 +289,20 @@ class BatchJobs:
         self.save()
         if delay is None:
             return 0
-        over = self.queue.named is not None and tokens > self.queue.named  # alone over the limit: never accepted
-        if over or alone + 1 >= ALONE_TRIES:
-            limit = self.queue.limit
+        if self.queue.named is not None and tokens > self.queue.named:  # alone over the limit: never accepted
+            raise SynthembedError(
+                f"batch file {entry['file']} holds about {tokens:,} input tokens, more than the Batch API's "
+                f"enqueued-token limit ({message}): it can never be accepted. Run this command again: the files not "
+                f"yet submitted that hold more than {file_token_cap(self.queue.named):,} tokens are written anew, in "
+                "smaller files"
+            )
+        if alone + 1 >= ALONE_TRIES:
             raise SynthembedError(
                 f"batch file {entry['file']} (about {tokens:,} input tokens) was refused {alone + 1} times for the "
-                f"Batch API's enqueued-token limit with nothing else of this run in flight ({message}). Either other "
-                "batches of your organization fill the queue: run this command again once they have ended, nothing "
-                "is lost; or this file alone is over the limit: run it again"
-                + (f" and the files not yet run that hold more than {file_token_cap(limit):,} tokens are written anew"
-                   if limit else " with --enqueued-token-limit N, which writes the files not yet run anew under it")
+                f"Batch API's enqueued-token limit with nothing else of this run in flight ({message}): other batches "
+                "of your organization fill the queue. Run this command again once they have ended; nothing is lost"
+                + ("" if self.queue.limit else ". If this file alone is over your limit, give it with "
+                   "--enqueued-token-limit TOKENS: the files not yet submitted are then written anew under it")
             )
         await asyncio.sleep(delay)
         return alone + 1
