@@ -7,7 +7,11 @@ from __future__ import annotations
 import asyncio
 import doctest
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -363,3 +367,50 @@ def test_a_queue_full_of_other_batches_stops_the_run_after_a_few_tries_and_the_r
         stats = _run(out, server)
     assert stats["complete"]
     _same_data(out, plain_run[0])
+
+
+# --- `synthembed batches`: looking at a run's batches and cancelling them ---------------------------------------------
+
+
+def _submitted(out) -> bool:
+    try:
+        return any(e.get("batch_id") for e in rundir.read_batches(out)["batches"])
+    except Exception:  # mid-write by the other process: the next look sees it whole
+        return False
+
+
+def test_batches_command_cancels_a_killed_runs_batch_and_generate_finishes_the_run(tmp_path, plain_run, capsys):
+    """A run killed with its batch at the provider: `synthembed batches --cancel` stops it there (killing the process
+    does not), the listing shows it, and the next `synthembed generate` imports what it answered and sends the rest."""
+    out = tmp_path / "run"
+    with LoopbackServer() as server:
+        server.batch_api.faults = BatchFaults(hold_batches=1)
+        env = {**os.environ, "OPENAI_BASE_URL": server.base_url}
+        child = subprocess.Popen([sys.executable, "-m", "synthembed.cli", "generate", "--out", str(out), "--backend",
+                                  "openai-batch", "--model", "loopback", "--tasks-per-type", "2", "--examples-per-task",
+                                  "3", "--languages", "English,German", "--task-types", "sts,short-long", "--quiet"],
+                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not _submitted(out):
+            assert child.poll() is None, child.stderr.read().decode()
+            assert time.monotonic() < deadline, "the batch was never submitted"
+            time.sleep(0.05)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        held = rundir.read_batches(out)["batches"][0]["batch_id"]
+        assert main(["batches", str(out), "--cancel"]) == 0
+        printed = capsys.readouterr().out
+        assert f"cancelled 1 batch(es): {held}" in printed and "cancelling" in printed
+        server.batch_api.release()  # the stand-in notices the cancel once its held batch may run
+        stats = _run(out, server)
+        assert server.batch_api.batches[held]["status"] == "cancelled"
+    assert stats["complete"]
+    _same_data(out, plain_run[0])
+    assert main(["batches", str(out)]) == 0
+    listing = capsys.readouterr().out
+    assert "1 cancelled" in listing and re.search(r"\d+ batch file\(s\), [\d,]+ requests", listing)
+
+
+def test_batches_command_needs_a_batch_run(tmp_path, capsys):
+    assert main(["batches", str(tmp_path)]) == 2
+    assert "no batches.json" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
     synthembed generate --out runs/gen --backend openai --model gpt-4o-mini --tasks-per-type 2
     synthembed stats runs/gen --plots runs/gen/plots
+    synthembed batches runs/gen --cancel
     synthembed curate --run runs/gen --out runs/curated --embedder all-MiniLM-L6-v2 --decontaminate ../shared/data
     synthembed train --data runs/gen/examples.jsonl --base-model mistralai/Mistral-7B-v0.1 --out runs/model
     synthembed export runs/model --eval runs/eval.json --push-to-hub my-org/my-model
@@ -26,6 +27,7 @@ from .errors import SynthembedError, storage_error
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("synthembed.generation.commands", "brainstorm tasks and generate synthetic examples with an LLM (resumable)"),
     "stats": ("synthembed.generation.commands", "summarise a generation run: counts by group, language, rejection reason; plots"),
+    "batches": ("synthembed.generation.batch_commands", "a Batch API run's batches: status at the provider, cancelling them"),
     "curate": ("synthembed.curation.commands", "filter a generation run: near-duplicates, evaluation overlap, false negatives, an LLM judge"),
     "train": ("synthembed.training.commands", "contrastive (InfoNCE) LoRA training of an embedding model"),
     "export": ("synthembed.training.export_commands", "write a trained model's card; push it to the Hub"),

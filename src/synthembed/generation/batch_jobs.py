@@ -259,11 +259,7 @@ class BatchJobs:
                 entry["error_file_id"],
             )
             if changed:
-                entry.update(
-                    status=batch.status, output_file_id=batch.output_file_id, error_file_id=batch.error_file_id
-                )
-                if batch.status in TERMINAL:
-                    entry["ended_at"] = time.time()  # seen ended (within a poll interval of its end)
+                self._note(entry, batch)  # ended_at: seen ended, within a poll interval of its end
                 self.save()
             if counts is not None:
                 self.show(n, counts.completed + counts.failed, counts.total or entry["requests"])
@@ -284,6 +280,7 @@ class BatchJobs:
         delay = self.queue.refused(n, tokens, message, alone)
         entry.setdefault("refused", []).append(batch.id)
         entry.update(batch_id=None, status="queue_full", output_file_id=None, error_file_id=None)
+        entry.pop("ended_at", None)
         if self.queue.named:
             self.load()["enqueued_token_limit"] = self.queue.named  # a rerun writes its files under it
         self.save()
@@ -306,6 +303,36 @@ class BatchJobs:
             )
         await asyncio.sleep(delay)
         return alone + 1
+
+    # --- looking and cancelling from outside a run: `synthembed batches` ---------------------------------------------
+
+    def _note(self, entry: dict[str, Any], batch: Any) -> None:
+        """What the API said of a batch, into its entry: status, output files, line counts."""
+        entry.update(status=batch.status, output_file_id=batch.output_file_id, error_file_id=batch.error_file_id)
+        counts = batch.request_counts
+        if counts is not None:
+            entry["counts"] = {"completed": counts.completed, "failed": counts.failed, "total": counts.total}
+        if batch.status in TERMINAL:
+            entry["ended_at"] = time.time()  # called when it was not seen ended before
+
+    async def refresh(self) -> None:
+        """Each batch of the run not seen ended, as the API says it is now (into batches.json)."""
+        for entry in self.load()["batches"]:
+            if entry["batch_id"] is not None and entry["status"] not in TERMINAL:
+                self._note(entry, await self.call(self._client.batches.retrieve(entry["batch_id"])))
+        self.save()
+
+    async def cancel(self) -> list[dict[str, Any]]:
+        """Cancel the run's batches that have not ended at the provider (they stop running and being billed; what they
+        answered so far is kept, and a later `generate` imports it and sends the rest again); the entries cancelled."""
+        await self.refresh()
+        cancelled = []
+        for entry in self.load()["batches"]:
+            if entry["batch_id"] is not None and entry["status"] not in (*TERMINAL, "cancelling"):
+                self._note(entry, await self.call(self._client.batches.cancel(entry["batch_id"])))
+                cancelled.append(entry)
+        self.save()
+        return cancelled
 
     async def aclose(self) -> None:
         if self._bar is not None:
