@@ -28,14 +28,14 @@ from .llm import openai_credentials, run_async
 def format_batches(state: dict[str, Any]) -> str:
     """batches.json as a table: a row per batch file, then the totals by status."""
     entries = state.get("batches", [])
-    lines = [f"{'file':<22} {'requests':>8} {'tokens':>10} {'status':<12} {'answered':>17} {'refused':>7}  batch"]
+    lines = [f"{'file':<22} {'requests':>8} {'tokens':>10} {'status':<12} {'answered':>17} {'imported':>8} "
+             f"{'refused':>7}  batch"]  # fmt: skip
     for e in entries:
         counts = e.get("counts") or {}
         answered = f"{counts['completed']:,} + {counts['failed']:,} failed" if counts else ""
-        if e.get("imported") and e["status"] != "rewritten":
-            answered = "imported"
+        imported = "rewritten" if e["status"] == "rewritten" else "yes" if e.get("imported") else ""
         lines.append(f"{e['file']:<22} {e['requests']:>8,} {file_tokens(e):>10,} {e['status']:<12} {answered:>17} "
-                     f"{len(e.get('refused', [])):>7}  {e.get('batch_id') or '-'}")  # fmt: skip
+                     f"{imported:>8} {len(e.get('refused', [])):>7}  {e.get('batch_id') or '-'}")  # fmt: skip
     by_status = Counter(e["status"] for e in entries)
     lines.append(f"{len(entries)} batch file(s), {sum(e['requests'] for e in entries):,} requests: "
                  + (", ".join(f"{n} {s}" for s, n in sorted(by_status.items())) or "none"))  # fmt: skip
