@@ -414,3 +414,35 @@ def test_batches_command_cancels_a_killed_runs_batch_and_generate_finishes_the_r
 def test_batches_command_needs_a_batch_run(tmp_path, capsys):
     assert main(["batches", str(tmp_path)]) == 2
     assert "no batches.json" in capsys.readouterr().err
+
+
+def test_batches_command_reports_an_unreachable_api_and_finds_a_batch_whose_reply_was_lost(tmp_path, capsys):
+    """--refresh against a server that is gone: a message per batch, exit 2, batches.json unchanged. A batch whose
+    create reply was lost to a kill is found by its input file and cancelled too (it runs and is billed)."""
+    with LoopbackServer() as server:
+        server.batch_api.faults = BatchFaults(hold_batches=1)
+        backend = OpenAIBatchBackend(tmp_path, base_url=server.base_url, markers=True, poll_interval=0.02,
+                                     progress=False)  # fmt: skip
+
+        async def killed_session() -> str:
+            jobs = backend.jobs
+            jobs.load()
+            writer = BatchFileWriter(jobs.folder, "t", BatchLimits(max_requests=1), jobs.record)
+            writer.add(ChatRequest("loopback", [{"role": "user", "content": "Write one sentence."}], seed=1))
+            writer.close()
+            await jobs.send(1)
+            made = jobs.entry(1)["batch_id"]
+            jobs.entry(1).update(batch_id=None, status="written")  # the reply lost to the kill
+            jobs.save()
+            await backend.aclose()
+            return made
+
+        made = run_async(killed_session())
+        before = (tmp_path / rundir.BATCHES_FILE).read_text()
+        assert main(["batches", str(tmp_path), "--refresh", "--base-url", "http://127.0.0.1:9/v1"]) == 2
+        assert "could not be asked" in capsys.readouterr().err
+        assert (tmp_path / rundir.BATCHES_FILE).read_text() == before
+        assert main(["batches", str(tmp_path), "--cancel", "--base-url", server.base_url]) == 0
+        assert f"cancelled 1 batch(es): {made}" in capsys.readouterr().out
+        assert server.batch_api.batches[made]["status"] == "cancelling" and server.batch_api.created == 1
+        server.batch_api.release()

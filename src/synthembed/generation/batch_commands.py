@@ -54,17 +54,14 @@ def configure_batches_parser(parser: argparse.ArgumentParser) -> None:
                         "OPENAI_BASE_URL, else OpenAI)")  # fmt: skip
 
 
-async def _ask(run_dir: Path, base_url: str | None, cancel: bool) -> list[dict[str, Any]]:
+async def _ask(run_dir: Path, base_url: str | None, cancel: bool) -> tuple[list[dict[str, Any]], list[str]]:
     import openai
 
     base_url, api_key = openai_credentials(base_url, "openai-batch", "a server with the files and batches endpoints")
     client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=3)
     jobs = BatchJobs(run_dir, client, api_key, poll_interval=0.0, progress=False)
     try:
-        if cancel:
-            return await jobs.cancel()
-        await jobs.refresh()
-        return []
+        return await jobs.cancel() if cancel else ([], await jobs.refresh())
     finally:
         await jobs.aclose()
         await client.close()
@@ -75,16 +72,21 @@ def run_batches_command(args: argparse.Namespace) -> int:
     if not (run_dir / rundir.BATCHES_FILE).is_file():
         raise SynthembedError(f"{run_dir} has no {rundir.BATCHES_FILE}: not a generation run of --backend openai-batch "
                               "or batch-files")  # fmt: skip
-    if args.refresh or args.cancel:
+    errors: list[str] = []
+    at_provider = any(e.get("input_file_id") for e in rundir.read_batches(run_dir)["batches"])
+    if (args.refresh or args.cancel) and not at_provider:
+        print("no batch of this run was sent to a provider (a batch-files run's files run on your GPUs): nothing to "
+              "ask or cancel")  # fmt: skip
+    elif args.refresh or args.cancel:
         runtime = (rundir.read_config(run_dir) or {}).get("runtime", {})
-        if runtime.get("backend") == "batch-files":
-            raise SynthembedError(f"{run_dir} is a batch-files run: its files run on your GPUs (vllm run-batch), "
-                                  "there is nothing at a provider to ask or cancel")  # fmt: skip
         # the lock: a running `synthembed generate` on the run would write batches.json too
         with folder_lock(run_dir, "synthembed batches", option="RUN_DIR"):
-            cancelled = run_async(_ask(run_dir, args.base_url or runtime.get("base_url"), args.cancel))
+            cancelled, errors = run_async(_ask(run_dir, args.base_url or runtime.get("base_url"), args.cancel))
         if args.cancel:
             print(f"cancelled {len(cancelled)} batch(es)" + (": " + ", ".join(e["batch_id"] for e in cancelled)
                                                              if cancelled else ""))  # fmt: skip
     print(format_batches(rundir.read_batches(run_dir)))
+    if errors:
+        raise SynthembedError(f"{len(errors)} batch(es) could not be asked"
+                              + (" or cancelled" if args.cancel else "") + ": " + "; ".join(errors))  # fmt: skip
     return 0

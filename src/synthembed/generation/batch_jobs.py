@@ -262,6 +262,8 @@ class BatchJobs:
                 self._note(entry, batch)  # ended_at: seen ended, within a poll interval of its end
                 self.save()
             if counts is not None:
+                # in memory at each poll, on disk with the next save (`synthembed batches` shows them)
+                entry["counts"] = {"completed": counts.completed, "failed": counts.failed, "total": counts.total}
                 self.show(n, counts.completed + counts.failed, counts.total or entry["requests"])
             if batch.status in TERMINAL:
                 message = queue_refusal(batch)
@@ -315,24 +317,53 @@ class BatchJobs:
         if batch.status in TERMINAL:
             entry["ended_at"] = time.time()  # called when it was not seen ended before
 
-    async def refresh(self) -> None:
-        """Each batch of the run not seen ended, as the API says it is now (into batches.json)."""
-        for entry in self.load()["batches"]:
-            if entry["batch_id"] is not None and entry["status"] not in TERMINAL:
-                self._note(entry, await self.call(self._client.batches.retrieve(entry["batch_id"])))
-        self.save()
+    def _batches_only(self) -> list[dict[str, Any]]:
+        """batches.json's entries, read without the index or clearing half-written files (`synthembed batches` only
+        looks and cancels: neither is its business)."""
+        if self._state is None:
+            self._state = rundir.read_batches(self.state_dir)
+        return self._state["batches"]
 
-    async def cancel(self) -> list[dict[str, Any]]:
-        """Cancel the run's batches that have not ended at the provider (they stop running and being billed; what they
-        answered so far is kept, and a later `generate` imports it and sends the rest again); the entries cancelled."""
-        await self.refresh()
-        cancelled = []
-        for entry in self.load()["batches"]:
-            if entry["batch_id"] is not None and entry["status"] not in (*TERMINAL, "cancelling"):
-                self._note(entry, await self.call(self._client.batches.cancel(entry["batch_id"])))
-                cancelled.append(entry)
+    async def _ask(self, entry: dict[str, Any], call: Any) -> str | None:
+        """One API call about `entry`'s batch, its answer noted and saved at once; the error, where it failed."""
+        try:
+            self._note(entry, await self.call(call))
+        except RetryableError as err:
+            return f"{entry['file']} ({entry['batch_id']}): {err}"
         self.save()
-        return cancelled
+        return None
+
+    async def refresh(self) -> list[str]:
+        """Each batch of the run not seen ended, as the API says it is now (into batches.json); a batch uploaded whose
+        create reply was lost to a kill is looked for first. The errors, one per batch that could not be asked."""
+        errors = []
+        for entry in self._batches_only():
+            if entry["batch_id"] is None and entry["input_file_id"] is not None and not entry.get("imported"):
+                try:
+                    found = await self._submitted_before(entry)  # running and billed, though the run never heard of it
+                except RetryableError as err:
+                    errors.append(f"{entry['file']} (looking for its batch): {err}")
+                    continue
+                if found is not None:
+                    entry.update(batch_id=found.id)
+            if entry["batch_id"] is not None and entry["status"] not in TERMINAL:
+                errors.append(await self._ask(entry, self._client.batches.retrieve(entry["batch_id"])))
+        return [e for e in errors if e]
+
+    async def cancel(self) -> tuple[list[dict[str, Any]], list[str]]:
+        """Cancel the run's batches that have not ended at the provider (they stop running and being billed; what they
+        answered so far is kept, and a later `generate` imports it and sends the rest again): (the entries cancelled,
+        the errors of those that could not be). Each answer is saved as it comes."""
+        errors = await self.refresh()
+        cancelled = []
+        for entry in self._batches_only():
+            if entry["batch_id"] is not None and entry["status"] not in (*TERMINAL, "cancelling"):
+                error = await self._ask(entry, self._client.batches.cancel(entry["batch_id"]))
+                if error is None:
+                    cancelled.append(entry)
+                else:
+                    errors.append(error)
+        return cancelled, errors
 
     async def aclose(self) -> None:
         if self._bar is not None:
