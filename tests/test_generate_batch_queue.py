@@ -183,6 +183,21 @@ def test_doctests(module):
     assert result.failed == 0 and result.attempted > 0
 
 
+async def _submit_and_lose_the_reply(backend: OpenAIBatchBackend) -> str:
+    """One file of one request submitted, its batch id then dropped from batches.json as a kill between
+    batches.create and its record would leave it; the id of the batch made."""
+    jobs = backend.jobs
+    jobs.load()
+    writer = BatchFileWriter(jobs.folder, "t", BatchLimits(max_requests=1), jobs.record)
+    writer.add(ChatRequest("loopback", [{"role": "user", "content": "Write one sentence."}], seed=1))
+    writer.close()
+    await jobs.send(1)
+    made = jobs.entry(1)["batch_id"]
+    jobs.entry(1).update(batch_id=None, status="written")
+    jobs.save()
+    return made
+
+
 def test_a_lost_create_reply_is_found_past_the_first_page_of_batches(tmp_path):
     """A kill between batches.create and its record: the next session looks for the batch by its input file, newest
     first, page by page back to the upload, so 150 later batches of the account (refusals leave one each) do not hide
@@ -193,18 +208,10 @@ def test_a_lost_create_reply_is_found_past_the_first_page_of_batches(tmp_path):
 
     with LoopbackServer() as server:
 
-        async def killed_session() -> tuple[str, str]:
+        async def killed_session() -> str:
             first = backend()
-            jobs = first.jobs
-            jobs.load()
-            writer = BatchFileWriter(jobs.folder, "t", BatchLimits(max_requests=1), jobs.record)
-            writer.add(ChatRequest("loopback", [{"role": "user", "content": "Write one sentence."}], seed=1))
-            writer.close()
-            await jobs.send(1)
-            made = jobs.entry(1)["batch_id"]
-            jobs.entry(1).update(batch_id=None, status="written")  # the reply lost to the kill
-            jobs.save()
-            path = rundir.batch_input_path(tmp_path, jobs.entry(1)["file"])
+            made = await _submit_and_lose_the_reply(first)
+            path = rundir.batch_input_path(tmp_path, first.jobs.entry(1)["file"])
             other = await first._client.files.create(file=("other.jsonl", path.read_bytes()), purpose="batch")
             for _ in range(150):
                 await first._client.batches.create(input_file_id=other.id, endpoint="/v1/chat/completions",
@@ -425,15 +432,7 @@ def test_batches_command_reports_an_unreachable_api_and_finds_a_batch_whose_repl
                                      progress=False)  # fmt: skip
 
         async def killed_session() -> str:
-            jobs = backend.jobs
-            jobs.load()
-            writer = BatchFileWriter(jobs.folder, "t", BatchLimits(max_requests=1), jobs.record)
-            writer.add(ChatRequest("loopback", [{"role": "user", "content": "Write one sentence."}], seed=1))
-            writer.close()
-            await jobs.send(1)
-            made = jobs.entry(1)["batch_id"]
-            jobs.entry(1).update(batch_id=None, status="written")  # the reply lost to the kill
-            jobs.save()
+            made = await _submit_and_lose_the_reply(backend)
             await backend.aclose()
             return made
 
