@@ -97,7 +97,7 @@ def test_a_refused_batch_is_sent_again_from_the_same_file_and_the_run_equals_the
     assert sum(e["requests"] for e in entries) == plain_run[1]["requests"]["brainstorm"] + plain_run[1]["requests"][
         "generate_planned"
     ]
-    assert all(e["status"] == "completed" for e in entries) and api.peak_enqueued <= limit
+    assert all(e["status"] == "completed" for e in entries)
 
 
 def test_a_known_limit_keeps_every_batch_within_it(tmp_path, plain_run):

@@ -278,7 +278,8 @@ class BatchJobs:
     async def _refused(self, n: int, batch: Any, message: str, alone: int) -> int:
         """Batch `n` was refused for the enqueued-token limit: recorded (its file is sent again, the refused batch is
         never taken for it), and where nothing else of the run is in flight, a wait; the refusals in a row alone."""
-        entry, tokens = self.entry(n), file_tokens(self.entry(n))
+        entry = self.entry(n)
+        tokens = file_tokens(entry)
         delay = self.queue.refused(n, tokens, message, alone)
         entry.setdefault("refused", []).append(batch.id)
         entry.update(batch_id=None, status="queue_full", output_file_id=None, error_file_id=None)

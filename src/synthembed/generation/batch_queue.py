@@ -97,7 +97,6 @@ class EnqueuedTokens:
         self.learned: int | None = None
         self.retry_interval = retry_interval
         self.in_flight: dict[int, int] = {}  # batch file number -> its estimated input tokens
-        self.refusals = 0
         self._wake: asyncio.Event | None = None  # set (and replaced) whenever room may have been made
 
     @property
@@ -148,7 +147,6 @@ class EnqueuedTokens:
         """Batch file `n` was refused for the limit (`message`, the API's words). The cap learns from it. Returns how
         many seconds to wait before it goes again where nothing else of the run is in flight (its `alone_before`-th
         such refusal before this one), or None where it is to wait for room instead."""
-        self.refusals += 1
         self.ended(n)
         named = named_limit(message)
         if named is not None:
